@@ -1,0 +1,30 @@
+/* core.h - what the C files of pvpatch._core share.  Nothing here is public: the public header is
+ * include/pvpatch.h. */
+#ifndef PVPATCH_CORE_H
+#define PVPATCH_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+/* Raise OSError(errno, strerror(errno), syscall): the syscall's name lands in .filename so that
+ * Python can tell which call failed.  Returns NULL for `return core_oserror("mmap");`. */
+PyObject *core_oserror(const char *syscall);
+PyObject *core_oserror_errno(int err, const char *syscall);
+
+/* Method tables of the C files, merged by module.c (each ends with a NULL entry). */
+extern PyMethodDef core_poke_methods[];
+extern PyMethodDef core_selftest_site_methods[];
+extern PyMethodDef core_cpuid_methods[];
+
+/* poke.c */
+int core_poke_init(void); /* at import: membarrier registration */
+int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruction */
+
+#include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
+
+/* selftest_sites.c */
+extern const struct pvpatch_op core_selftest_ops[];
+extern const char *const core_selftest_variants[];
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * module.c - pvpatch._core: the method table and module init, nothing else.
+ *
+ * The C files each own one area and export a NULL-terminated method table; this file merges them.
+ */
+#include "core.h"
+#include "selftest_sites.h"
+
+/* The op groups of the core, at their PVPATCH_GROUP_ID. */
+static const struct pvpatch_group core_groups[] = {
+    [PVPATCH_GROUP_ID(selftest)] = {"selftest", core_selftest_variants, ST_NVARIANTS, ST_NATIVE,
+                                    core_selftest_ops, PVPATCH_NOPS(selftest)},
+};
+
+PVPATCH_MODULE("pvpatch._core", core_groups);
+
+#define CORE_ABI 1 /* checked by pvpatch/_native.py: a stale build says how to fix itself */
+
+static PyMethodDef *const tables[] = {
+    core_poke_methods,
+    core_selftest_site_methods,
+    core_cpuid_methods,
+};
+
+static struct PyModuleDef core_module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "pvpatch._core",
+    .m_doc = "pvpatch's C core: mechanism, no policy.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    /* Merge the tables once; the module keeps pointing at this array. */
+    static PyMethodDef merged[128];
+    size_t n = 0;
+    for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++)
+        for (PyMethodDef *m = tables[t]; m->ml_name != NULL; m++) {
+            if (n + 1 >= sizeof(merged) / sizeof(merged[0])) {
+                PyErr_SetString(PyExc_SystemError, "pvpatch._core: method table too small");
+                return NULL;
+            }
+            merged[n++] = *m;
+        }
+    core_module.m_methods = merged;
+
+    if (core_poke_init() != 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&core_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", CORE_ABI) < 0 || pvpatch_export(m, &pvpatch_module) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,209 @@
+"""The op registry: groups, their variants and ops, the registered modules and their sites.
+
+A group is known by name across modules; every module that uses a group must declare the same
+variants in the same order (each module brings its own implementations).  The native variant is
+recorded when the first module declaring the group registers, and is the group's first current
+variant.  Renderings of every site for every variant are computed once, at registration, and kept
+as flat per-group buffers so that planning a batch does no per-site work in Python.
+"""
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+
+from . import x86
+from .descriptor import F_BOOT, F_NOINLINE, GroupDesc, ModuleDesc, SiteRecord
+from .errors import RegistryError, SiteError
+
+STRIDE = 16  # bytes per site in the flat rendering buffers (a site is at most 15)
+
+
+def _unknown(kind: str, name: str, known) -> RegistryError:
+    listed = ", ".join(sorted(known)) or "none"
+    return RegistryError(f"unknown {kind} {name!r}; known: {listed}")
+
+
+@dataclass
+class Group:
+    name: str
+    variants: list[str]
+    native: str
+    ops: list[str]
+    current: str
+
+    def check_variant(self, variant: str) -> str:
+        if variant not in self.variants:
+            raise _unknown(f"variant of group {self.name!r}", variant, self.variants)
+        return variant
+
+    def check_op(self, op: str) -> str:
+        if op not in self.ops:
+            raise _unknown(f"op of group {self.name!r}", op, self.ops)
+        return op
+
+
+@dataclass
+class Site:
+    module: str
+    record: SiteRecord
+    group: str
+    op: str
+    alias: int
+    renderings: dict[str, bytes]
+    kinds: dict[str, str]
+
+    @property
+    def addr(self) -> int:
+        return self.record.addr
+
+    @property
+    def length(self) -> int:
+        return self.record.length
+
+    @property
+    def section(self) -> str:
+        return self.record.section
+
+    @property
+    def name(self) -> str:
+        return (f"{self.module}:{self.record.section}[{self.record.index}] "
+                f"{self.group}.{self.op} at {self.addr:#x}")
+
+
+@dataclass
+class GroupTable:
+    """One module's runtime sites of one group, in flat arrays for apply_batch."""
+    addrs: array
+    aliases: array
+    lens: bytes
+    by_variant: dict[str, bytes]
+
+
+@dataclass
+class Module:
+    name: str
+    desc: ModuleDesc
+    text: tuple[int, int]
+    alias_delta: int
+    sites: list[Site]                       # runtime sites, patchable for good
+    boot: list[Site] = field(default_factory=list)  # boot sites: as rendered at registration
+    tables: dict[str, GroupTable] = field(default_factory=dict)
+    boot_variants: dict[str, str] = field(default_factory=dict)  # group -> variant at boot
+    boot_bytes_dropped: int = 0
+    path: str = ""
+
+    def build_tables(self) -> None:
+        by_group: dict[str, list[Site]] = {}
+        for s in self.sites:
+            by_group.setdefault(s.group, []).append(s)
+        self.tables = {}
+        for g, sites in by_group.items():
+            variants = sites[0].renderings.keys()
+            self.tables[g] = GroupTable(
+                array("Q", [s.addr for s in sites]),
+                array("Q", [s.alias for s in sites]),
+                bytes(s.length for s in sites),
+                {v: b"".join(s.renderings[v].ljust(STRIDE, b"\0") for s in sites)
+                 for v in variants})
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.groups: dict[str, Group] = {}
+        self.modules: list[Module] = []
+
+    # -- lookups ----------------------------------------------------------------------------
+    def group(self, name: str) -> Group:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise _unknown("group", name, self.groups) from None
+
+    def module(self, name: str) -> Module:
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise _unknown("module", name, [m.name for m in self.modules])
+
+    def sites(self, group: str | None = None) -> list[Site]:
+        return [s for m in self.modules for s in m.sites if group is None or s.group == group]
+
+    def site_at(self, addr: int) -> Site | None:
+        for m in self.modules:
+            for s in m.sites:
+                if s.addr == addr:
+                    return s
+        return None
+
+    # -- registration -----------------------------------------------------------------------
+    def check_groups(self, desc: ModuleDesc) -> None:
+        """A module's groups must agree with groups of the same name already registered."""
+        for g in desc.groups:
+            known = self.groups.get(g.name)
+            if not g.variants:
+                raise RegistryError(f"module {desc.name}: group {g.name!r} has no variants")
+            if not 0 <= g.native < len(g.variants):
+                raise RegistryError(f"module {desc.name}: group {g.name!r}: native variant "
+                                    f"index {g.native} out of range")
+            if known is not None and known.variants != g.variants:
+                raise RegistryError(f"module {desc.name}: group {g.name!r} declares variants "
+                                    f"{g.variants}, registered as {known.variants}")
+
+    def adopt_groups(self, desc: ModuleDesc) -> None:
+        for g in desc.groups:
+            known = self.groups.get(g.name)
+            if known is None:
+                self.groups[g.name] = Group(g.name, list(g.variants), g.variants[g.native],
+                                            [o.name for o in g.ops], g.variants[g.native])
+            else:
+                known.ops.extend(o.name for o in g.ops if o.name not in known.ops)
+
+    def plan_sites(self, desc: ModuleDesc, text: tuple[int, int], alias_delta: int,
+                   read) -> tuple[list[Site], list[Site]]:
+        """Check every record of a module and render its sites.  Raises SiteError naming the
+        first bad site; nothing has been written then.  `read(addr, n)` reads memory."""
+        start, end = text
+        out: dict[str, list[Site]] = {"runtime": [], "boot": []}
+        previous_end = 0
+        records = sorted(desc.runtime + desc.boot, key=lambda r: r.addr)
+        for rec in records:
+            where = f"{desc.name}:{rec.section}[{rec.index}] at {rec.addr:#x}"
+            if not (start <= rec.addr and rec.addr + rec.length <= end):
+                raise SiteError(where, f"outside the module's text [{start:#x}, {end:#x})")
+            if rec.length < x86.CALL_SLOT_LEN:
+                raise SiteError(where, f"length {rec.length} is too short for any rendering "
+                                       f"(at least {x86.CALL_SLOT_LEN})")
+            if rec.length > x86.MAX_INSN:
+                raise SiteError(where, f"length {rec.length} is longer than one instruction "
+                                       f"({x86.MAX_INSN})")
+            if rec.addr < previous_end:
+                raise SiteError(where, "overlaps the previous site")
+            previous_end = rec.addr + rec.length
+            if rec.group >= len(desc.groups):
+                raise SiteError(where, f"unknown group index {rec.group} "
+                                       f"(the module has {len(desc.groups)})")
+            g: GroupDesc = desc.groups[rec.group]
+            if rec.op >= len(g.ops):
+                raise SiteError(where, f"unknown op index {rec.op} in group {g.name!r} "
+                                       f"(ops: {', '.join(o.name for o in g.ops)})")
+            op = g.ops[rec.op]
+            where = f"{desc.name}:{rec.section}[{rec.index}] {g.name}.{op.name} at {rec.addr:#x}"
+            expected = x86.default_site(rec.addr, op.slot, rec.length)
+            actual = read(rec.addr, rec.length)
+            if actual != expected:
+                raise SiteError(where, f"bytes {actual.hex()} are not the default "
+                                       f"{expected.hex()} (call *slot(%rip) padded)")
+            renderings, kinds = {}, {}
+            for v, impl in zip(g.variants, op.impls):
+                try:
+                    kind, code = x86.render(rec.addr, rec.length, fn=impl.fn,
+                                            template=impl.template, is_nop=impl.is_nop,
+                                            inline_ok=not rec.flags & F_NOINLINE)
+                except x86.EncodeError as exc:
+                    raise SiteError(where, f"variant {v!r}: {exc}") from None
+                renderings[v], kinds[v] = code, kind
+            renderings["default"], kinds["default"] = expected, "default"
+            section = "boot" if rec.flags & F_BOOT or rec.section == "boot" else "runtime"
+            out[section].append(Site(desc.name, rec, g.name, op.name, rec.addr + alias_delta,
+                                     renderings, kinds))
+        return out["runtime"], out["boot"]

@@ -1,0 +1,101 @@
+"""Bad site records and bad bytes: an error naming the site, and nothing patched."""
+import ctypes
+import dataclasses
+
+import pytest
+
+import pvpatch
+from pvpatch import _core, gen, patcher, x86
+
+
+def fresh(n=4, length=6, group="badinput"):
+    g = gen.generate(n, length=length, group=group)
+    before = {r.addr: _core.read(r.addr, r.length) for r in g.desc.runtime}
+    return g, before
+
+
+def unchanged(g, before):
+    """Every site still holds the bytes it had (read at the original addresses)."""
+    return all(_core.read(a, len(b)) == b for a, b in before.items())
+
+
+def register(g):
+    return pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
+
+
+def replace_record(g, i, **changes):
+    g.desc.runtime[i] = dataclasses.replace(g.desc.runtime[i], **changes)
+
+
+def test_site_outside_text():
+    g, before = fresh()
+    replace_record(g, 2, addr=g.text[1] + 64)
+    with pytest.raises(pvpatch.SiteError, match=r"runtime\[2\].*outside the module's text"):
+        register(g)
+    assert unchanged(g, before)
+    assert not any(m.name == g.desc.name for m in patcher.registry.modules)
+
+
+def test_length_too_short():
+    g, before = fresh()
+    replace_record(g, 1, length=4)
+    with pytest.raises(pvpatch.SiteError, match=r"runtime\[1\].*too short for any rendering"):
+        register(g)
+    assert unchanged(g, before)
+
+
+def test_bytes_not_what_the_record_says():
+    g, before = fresh()
+    site = g.desc.runtime[3].addr
+    ctypes.memmove(site + g.alias_delta, b"\x90", 1)  # one byte off
+    with pytest.raises(pvpatch.SiteError, match=r"runtime\[3\].*not the default"):
+        register(g)
+    before[site] = b"\x90" + before[site][1:]
+    assert unchanged(g, before)
+
+
+def test_unknown_group_and_op():
+    g, before = fresh()
+    replace_record(g, 0, group=7)
+    with pytest.raises(pvpatch.SiteError, match=r"runtime\[0\].*unknown group index 7"):
+        register(g)
+    g, before = fresh()
+    replace_record(g, 1, op=3)
+    with pytest.raises(pvpatch.SiteError, match=r"runtime\[1\].*unknown op index 3.*value"):
+        register(g)
+    assert unchanged(g, before)
+
+
+def test_registered_generated_sites_work_and_switch():
+    g, _ = fresh(n=50, length=8, group="gen8")
+    register(g)
+    assert [g.call(i) for i in (0, 49)] == [0x1001, 0x1001]
+    pvpatch.runtime_patch({"gen8": "alt"})
+    assert _core.read(g.desc.runtime[0].addr, 8) == x86.stretch(bytes.fromhex("b803100000"), 8)
+    assert [g.call(i) for i in (0, 49)] == [0x1003, 0x1003]
+    pvpatch.runtime_patch({"gen8": "pv"})
+    assert [g.call(i) for i in (0, 49)] == [0x1002, 0x1002]
+
+
+def test_batch_refused_on_one_mismatching_byte_writes_nothing():
+    g, _ = fresh(n=200, group="refuse")
+    register(g)
+    victim = g.desc.runtime[123]
+    good = _core.read(victim.addr, victim.length)
+    ctypes.memmove(victim.addr + g.alias_delta + 5, bytes([good[5] ^ 0xFF]), 1)
+    snapshot = [_core.read(r.addr, r.length) for r in g.desc.runtime]
+    with pytest.raises(pvpatch.BatchRefused, match=r"runtime\[123\].*not the expected old "
+                                                   r"bytes.*Nothing was written"):
+        pvpatch.runtime_patch({"refuse": "pv"})
+    assert [_core.read(r.addr, r.length) for r in g.desc.runtime] == snapshot
+    assert pvpatch.registry.group("refuse").current == "native"
+    ctypes.memmove(victim.addr + g.alias_delta + 5, good[5:6], 1)  # repair: now it goes
+    pvpatch.runtime_patch({"refuse": "pv"})
+    assert g.call(123) == 0x1002
+
+
+def test_same_module_twice():
+    g, _ = fresh(n=1, group="twice")
+    register(g)
+    with pytest.raises(pvpatch.RegistryError, match="already registered"):
+        register(g)
