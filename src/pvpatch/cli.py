@@ -14,6 +14,7 @@ from .errors import PvpatchError
 
 COMMANDS = (
     "pvpatch.cmd_sites",
+    "pvpatch.cmd_selftest",
 )
 
 

@@ -76,7 +76,14 @@ def threads_blocking_sigtrap() -> list[tuple[int, str]]:
 
 
 def _check_threads() -> None:
+    # A thread being created blocks every signal until it starts running its own code (glibc's
+    # pthread_create), so a blocked SIGTRAP must persist across a few looks to count.
     bad = threads_blocking_sigtrap()
+    for _ in range(5):
+        if not bad:
+            return
+        time.sleep(0.002)
+        bad = [t for t in threads_blocking_sigtrap() if t in bad]
     if bad:
         names = ", ".join(f"tid {t} ({n})" for t, n in bad)
         raise BatchRefused(f"refused: thread(s) {names} block SIGTRAP; a thread that traps on "

@@ -15,6 +15,7 @@ PyObject *core_oserror_errno(int err, const char *syscall);
 /* Method tables of the C files, merged by module.c (each ends with a NULL entry). */
 extern PyMethodDef core_poke_methods[];
 extern PyMethodDef core_selftest_site_methods[];
+extern PyMethodDef core_selftest_methods[];
 extern PyMethodDef core_cpuid_methods[];
 
 /* poke.c */

@@ -14,11 +14,12 @@ static const struct pvpatch_group core_groups[] = {
 
 PVPATCH_MODULE("pvpatch._core", core_groups);
 
-#define CORE_ABI 1 /* checked by pvpatch/_native.py: a stale build says how to fix itself */
+#define CORE_ABI 1 /* checked by pvpatch/__init__.py: a stale build says how to fix itself */
 
 static PyMethodDef *const tables[] = {
     core_poke_methods,
     core_selftest_site_methods,
+    core_selftest_methods,
     core_cpuid_methods,
 };
 

@@ -1,0 +1,62 @@
+"""`pvpatch selftest`."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from . import selftest
+
+
+def _progress(res, elapsed):
+    print(f"  {elapsed:5.1f} s  batches {res.batches:7d}  site calls {res.site_calls:11d}  "
+          f"signals {res.signals:8d}", file=sys.stderr)
+
+
+def run(args) -> int:
+    import pvpatch  # noqa: F401  (registers the core)
+
+    if not args.json:
+        print(f"pvpatch selftest: {args.duration:g} s, {args.threads} executor threads, "
+              f"nmi-level {args.nmi_level}, signals at {args.signal_hz:g} Hz per thread",
+              file=sys.stderr)
+    res = selftest.run(duration=args.duration, threads=args.threads, nmi_level=args.nmi_level,
+                       signal_hz=args.signal_hz, stall_timeout=args.stall_timeout,
+                       progress=None if args.json else _progress)
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=2))
+    else:
+        rows = [("batches", res.batches), ("sites patched", res.sites_patched),
+                ("site calls", res.site_calls), ("  of which in handlers", res.handler_site_calls),
+                ("traps handled", res.traps),
+                ("  completed by a thread other than the patcher", res.traps_helped),
+                ("  on the patcher itself", res.traps_on_patcher),
+                ("  after the site was already whole", res.stale_traps),
+                ("signals delivered", res.signals),
+                ("handler lock taken", res.handler_lock_taken),
+                ("failures", res.failures)]
+        for name, value in rows:
+            print(f"{name:<48} {value:>12}")
+        for e in res.errors:
+            print(f"error: {e}")
+        print("selftest: " + ("PASS" if res.ok else "STALLED" if res.stalled else "FAIL"))
+    return 0 if res.ok else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("selftest", help="switch variants under load, signals included",
+                       description="Executor threads run the selftest sites in tight loops "
+                                   "while the patcher switches their variant continuously and "
+                                   "an injector sends signals whose handlers run sites too.")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S")
+    p.add_argument("--threads", type=int, default=max(2, os.cpu_count() or 2), metavar="N",
+                   help="executor threads (default: online CPUs, at least 2)")
+    p.add_argument("--nmi-level", type=int, default=1, choices=range(4), metavar="0-3",
+                   help="0: handlers count; 1: they run sites; 2: and take a lock shared only "
+                        "by handlers; 3: and hold it a moment (default 1)")
+    p.add_argument("--signal-hz", type=float, default=4000.0, metavar="HZ",
+                   help="signals per second sent to each thread (default 4000)")
+    p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                   help="no progress for this long is a stall: state dumped, exit 1")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
