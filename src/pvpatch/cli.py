@@ -15,6 +15,7 @@ from .errors import PvpatchError
 COMMANDS = (
     "pvpatch.cmd_sites",
     "pvpatch.cmd_selftest",
+    "pvpatch.cmd_bench",
 )
 
 

@@ -1,0 +1,116 @@
+"""Live patching: the trap path, foreign traps, blocked SIGTRAP, W^X, and the selftest."""
+import ctypes
+import json
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import pvpatch
+from pvpatch import _core, patcher, wx
+
+
+def test_patcher_traps_on_its_own_int3_and_completes_the_site(selftest_native):
+    ev = pvpatch.runtime_patch({"selftest": "pv"}, hook=_core.selftest_hook())
+    assert ev.traps_on_patcher == 1 and ev.traps == 1
+    assert _core.selftest_call(0) == 0x1002
+
+
+def test_foreign_sigtrap_reaches_its_own_handler(selftest_native):
+    seen = []
+    old = signal.signal(signal.SIGTRAP, lambda sig, frame: seen.append(sig))
+    try:
+        pvpatch.runtime_patch({"selftest": "pv"})  # reinstalls ours, chained to Python's
+        # 1. A SIGTRAP sent by kill (si_code SI_USER).
+        signal.raise_signal(signal.SIGTRAP)
+        assert seen == [signal.SIGTRAP]
+        # 2. An int3 that is not at a site: code `int3; mov $42,%eax; ret`.
+        exe, alias = _core.map_code(4096, "foreign-int3")
+        ctypes.memmove(alias, bytes.fromhex("ccb82a000000c3"), 7)
+        assert ctypes.CFUNCTYPE(ctypes.c_long)(exe)() == 42
+        for _ in range(100):  # Python runs its handler at the next bytecode boundary
+            if len(seen) == 2:
+                break
+        assert seen == [signal.SIGTRAP, signal.SIGTRAP]
+        assert _core.selftest_call(0) == 0x1002  # and ours still works
+        pvpatch.runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
+        assert _core.selftest_call(0) == 0x1003
+        assert len(seen) == 2  # our own trap did not reach the foreign handler
+    finally:
+        signal.signal(signal.SIGTRAP, old)
+
+
+def test_thread_blocking_sigtrap_refuses_the_batch(selftest_native):
+    ready, stop = threading.Event(), threading.Event()
+    tids = []
+
+    def blocker():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
+        tids.append(threading.get_native_id())
+        ready.set()
+        stop.wait(30)
+
+    t = threading.Thread(target=blocker, name="blocks-trap")
+    t.start()
+    try:
+        assert ready.wait(10)
+        before = [patcher.site_bytes(s) for s in pvpatch.core_module.sites]
+        with pytest.raises(pvpatch.BatchRefused, match=rf"tid {tids[0]} .*block SIGTRAP"):
+            pvpatch.runtime_patch({"selftest": "pv"})
+        assert [patcher.site_bytes(s) for s in pvpatch.core_module.sites] == before
+        assert pvpatch.current()["selftest"] == "native"
+    finally:
+        stop.set()
+        t.join(10)
+    pvpatch.runtime_patch({"selftest": "pv"})  # the thread is gone: the batch goes
+
+
+def test_no_writable_and_executable_mapping_during_a_long_patch_loop(selftest_native):
+    sampler = wx.Sampler()
+    sampler.start()
+    try:
+        for i in range(3000):
+            pvpatch.runtime_patch({"selftest": ("pv", "alt", "native")[i % 3]},
+                                  hook=_core.selftest_hook() if i % 10 == 0 else 0)
+    finally:
+        samples, bad = sampler.stop()
+    assert samples > 50
+    assert bad == [], bad
+    assert wx.writable_executable() == []
+
+
+def test_selftest_nmi_level_3():
+    out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "selftest", "--duration", "3",
+                          "--nmi-level", "3", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = json.loads(out.stdout)
+    for key in ("batches", "sites_patched", "site_calls", "traps", "traps_helped",
+                "traps_on_patcher", "signals", "failures"):
+        assert key in res
+    assert res["failures"] == 0 and not res["stalled"]
+    assert res["batches"] > 100 and res["signals"] > 100 and res["handler_lock_taken"] > 0
+    assert res["traps"] > 0 and res["traps_on_patcher"] > 0 and res["traps_helped"] > 0
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_selftest_levels(level):
+    out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "selftest", "--duration", "1",
+                          "--nmi-level", str(level), "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = json.loads(out.stdout)
+    assert res["failures"] == 0 and res["traps_on_patcher"] > 0
+    assert (res["handler_site_calls"] > 0) == (level >= 1)
+    assert (res["handler_lock_taken"] > 0) == (level >= 2)
+
+
+def test_bench_patch_reports_three_syncs_per_batch():
+    out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "bench", "patch", "--repeat",
+                          "3", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["patch"]["rows"]
+    assert [r["sites"] for r in rows] == [10, 100, 1000, 10000]
+    assert all(r["syncs_per_batch"] == [3] for r in rows)
