@@ -241,7 +241,13 @@ static bool trap_help(uintptr_t ip)
     atomic_fetch_add(&b->refs, 1);
     if (atomic_load(&live_batch) == b) {
         long i = find_entry(b, ip);
-        if (i >= 0)
+        /* Only an int3 of *this* batch licenses completing the site.  The thread may have
+         * trapped on an earlier batch's int3 and be handled only now, when this batch is live
+         * but has not reached step 1 at this site: writing the tail then would put new bytes
+         * behind the old first byte (found by the model, pvpatch.model, mutation
+         * helper_ignores_byte).  A batch's int3 stays until its own step 3, and every earlier
+         * batch ended with its new first byte in place, so an int3 seen here is this batch's. */
+        if (i >= 0 && *(volatile const uint8_t *)b->e[i].addr == INT3)
             did = complete_site(&b->e[i]);
     }
     atomic_fetch_sub(&b->refs, 1);
