@@ -114,3 +114,29 @@ def test_bench_patch_reports_three_syncs_per_batch():
     rows = json.loads(out.stdout)["patch"]["rows"]
     assert [r["sites"] for r in rows] == [10, 100, 1000, 10000]
     assert all(r["syncs_per_batch"] == [3] for r in rows)
+
+
+def test_concurrent_callers_are_serialised(selftest_native):
+    errors, done = [], []
+
+    def patch_loop(variants):
+        try:
+            for i in range(300):
+                ev = pvpatch.runtime_patch({"selftest": variants[i % len(variants)]})
+                assert ev.syncs in (0, 3)
+            done.append(1)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=patch_loop, args=(v,))
+               for v in (("pv", "alt"), ("native", "pv"), ("alt", "native"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a patching thread hung"
+    assert errors == [] and len(done) == 3
+    # Whatever won last, every site holds exactly that variant's rendering.
+    cur = pvpatch.current()["selftest"]
+    for s in pvpatch.core_module.sites:
+        assert patcher.site_bytes(s) == s.renderings[cur]

@@ -172,6 +172,7 @@ def test_cli_footprint():
     assert fp["bytes_per_record"] == 8
     names = {s["name"]: s for s in fp["sections"]}
     assert names["pvpatch_runtime"]["records"] == 11 and names["pvpatch_boot"]["records"] == 2
+    assert fp["boot_records_dropped_bytes"] == {"pvpatch._core": 16}
     text = run_cli("sites", "--footprint").stdout
     assert "pvpatch_runtime" in text and "8 bytes per site record" in text
     dis = run_cli("sites", "--disasm")

@@ -35,7 +35,10 @@ def footprint() -> dict:
             sections.append({"module": m.name, "path": "", "name": "(generated)",
                              "size": len(m.sites) * SITE_RECORD_SIZE, "records": len(m.sites),
                              "vaddr": 0, "offset": 0, "align": 8})
-    return {"sections": sections, "bytes_per_record": SITE_RECORD_SIZE}
+    dropped = {m.name: m.boot_bytes_dropped for m in patcher.registry.modules
+               if m.boot_bytes_dropped}
+    return {"sections": sections, "bytes_per_record": SITE_RECORD_SIZE,
+            "boot_records_dropped_bytes": dropped}
 
 
 def run(args) -> int:
@@ -52,6 +55,8 @@ def run(args) -> int:
                   f"{s['offset']:08x}  2**{align:<3d} {s['records']:7d}  {s['module']}")
         print(f"{fp['bytes_per_record']} bytes per site record "
               f"(the kernel's parainstructions entry: 16)")
+        for mod, n in fp["boot_records_dropped_bytes"].items():
+            print(f"{mod}: {n} bytes of boot-only records dropped after registration")
         return 0
     rows = site_rows()
     if args.disasm:
