@@ -1,6 +1,7 @@
 """Live patching: the trap path, foreign traps, blocked SIGTRAP, W^X, and the selftest."""
 import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -140,3 +141,34 @@ def test_concurrent_callers_are_serialised(selftest_native):
     cur = pvpatch.current()["selftest"]
     for s in pvpatch.core_module.sites:
         assert patcher.site_bytes(s) == s.renderings[cur]
+
+
+def test_fork_child_patches_its_own_copy(selftest_native):
+    """MAP_SHARED code must not leak patches across fork, either way."""
+    r1, w1 = os.pipe()  # child -> parent
+    r2, w2 = os.pipe()  # parent -> child
+    pid = os.fork()
+    if pid == 0:  # the child: patch, report, wait for the parent's patch, report again
+        status = 1
+        try:
+            os.close(r1)
+            os.close(w2)
+            pvpatch.runtime_patch({"selftest": "alt"})
+            os.write(w1, b"%d\n" % _core.selftest_call(0))
+            os.read(r2, 1)
+            os.write(w1, b"%d\n" % _core.selftest_call(0))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w1)
+    os.close(r2)
+    with os.fdopen(r1) as fromchild:
+        assert int(fromchild.readline()) == 0x1003          # the child's switch...
+        assert _core.selftest_call(0) == 0x1001             # ...is not the parent's
+        pvpatch.runtime_patch({"selftest": "pv"})
+        os.write(w2, b"x")
+        assert int(fromchild.readline()) == 0x1003          # the parent's is not the child's
+    os.close(w2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _core.selftest_call(0) == 0x1002

@@ -65,6 +65,10 @@ PyObject *core_oserror(const char *syscall) { return core_oserror_errno(errno, s
 
 static int membarrier_ok; /* registered for SYNC_CORE at import */
 static int membarrier_errno;
+static int private_code = 1; /* 0: a fork left our code shared with the parent (fork_child) */
+static void fork_prepare(void);
+static void fork_parent(void);
+static void fork_child(void);
 
 static long sys_membarrier(int cmd, unsigned flags) { return syscall(__NR_membarrier, cmd, flags, 0); }
 
@@ -99,6 +103,11 @@ int core_poke_init(void)
         return 0;
     }
     membarrier_ok = 1;
+    int err = pthread_atfork(fork_prepare, fork_parent, fork_child);
+    if (err != 0) {
+        core_oserror_errno(err, "pthread_atfork");
+        return -1;
+    }
     return 0;
 }
 
@@ -359,6 +368,12 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         core_oserror_errno(membarrier_errno, "membarrier");
         goto out_release;
     }
+    if (!private_code) {
+        /* After a fork whose child handler could not copy the code: it is still shared with
+         * the parent, whose threads this process cannot sync. */
+        core_oserror_errno(EXDEV, "fork (code still shared with the parent)");
+        goto out_release;
+    }
 
     struct batch *b = &the_batch;
     double t0 = now_ns();
@@ -533,6 +548,83 @@ out_release:
 
 /* ---- text ------------------------------------------------------------------------------- */
 
+/* Every code range pvpatch maps from a memfd: the r-x view and its rw- alias.  MAP_SHARED is what
+ * makes the alias work, and also what a forked child would inherit: parent and child would
+ * patch each other's code, with no sync in the other process.  So the child of a fork gets
+ * private copies at the same addresses (fork_child below). */
+#define MAX_CODE_RANGES 1024
+static struct code_range {
+    uintptr_t exec, alias;
+    size_t len;
+    char name[64];
+} code_ranges[MAX_CODE_RANGES];
+static size_t n_code_ranges;
+
+static int note_code_range(uintptr_t exec, uintptr_t alias, size_t len, const char *name)
+{
+    pthread_mutex_lock(&site_tables_lock);
+    if (n_code_ranges == MAX_CODE_RANGES) {
+        pthread_mutex_unlock(&site_tables_lock);
+        return -1;
+    }
+    struct code_range *r = &code_ranges[n_code_ranges++];
+    r->exec = exec;
+    r->alias = alias;
+    r->len = len;
+    snprintf(r->name, sizeof(r->name), "%s", name);
+    pthread_mutex_unlock(&site_tables_lock);
+    return 0;
+}
+
+/* pthread_atfork: no fork lands in the middle of a batch or of a table update (prepare takes
+ * the locks; both sides release them). */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&batch_lock);
+    pthread_mutex_lock(&site_tables_lock);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&site_tables_lock);
+    pthread_mutex_unlock(&batch_lock);
+}
+
+/* In the child (one thread): move every code range into a fresh memfd of its own, mapped at the
+ * same two addresses, so that the alias deltas Python keeps stay true.  A failure here leaves
+ * the range shared with the parent; the child then refuses to patch it (private_code == 0). */
+static void fork_child(void)
+{
+    pthread_mutex_unlock(&site_tables_lock);
+    pthread_mutex_unlock(&batch_lock);
+    for (size_t i = 0; i < n_code_ranges; i++) {
+        struct code_range *r = &code_ranges[i];
+        int fd = memfd_create(r->name, MFD_CLOEXEC);
+        if (fd < 0 || ftruncate(fd, (off_t)r->len) != 0) {
+            private_code = 0;
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        /* 1. Copy the current bytes into the new file through a temporary rw mapping. */
+        void *tmp = mmap(NULL, r->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (tmp == MAP_FAILED) {
+            private_code = 0;
+            close(fd);
+            continue;
+        }
+        memcpy(tmp, (const void *)r->exec, r->len);
+        munmap(tmp, r->len);
+        /* 2. Replace both views; the bytes under them do not change. */
+        if (mmap((void *)r->alias, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+                 0) == MAP_FAILED ||
+            mmap((void *)r->exec, r->len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, fd, 0) ==
+                MAP_FAILED)
+            private_code = 0;
+        close(fd);
+    }
+}
+
 struct seg_query {
     uintptr_t addr;
     uintptr_t start, end;
@@ -606,6 +698,10 @@ static PyObject *py_remap_text(PyObject *self, PyObject *args)
         munmap(alias, length);
         return core_oserror_errno(e, "mmap");
     }
+    if (note_code_range((uintptr_t)start, (uintptr_t)alias, length, name) != 0) {
+        PyErr_SetString(PyExc_OverflowError, "too many code ranges");
+        return NULL;
+    }
     return PyLong_FromUnsignedLongLong((uintptr_t)alias);
 }
 
@@ -652,6 +748,10 @@ static PyObject *py_map_code(PyObject *self, PyObject *args)
     if (x == MAP_FAILED) {
         munmap(alias, length);
         return core_oserror_errno(e, "mmap");
+    }
+    if (note_code_range((uintptr_t)x, (uintptr_t)alias, length, name) != 0) {
+        PyErr_SetString(PyExc_OverflowError, "too many code ranges");
+        return NULL;
     }
     return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)x,
                          (unsigned long long)(uintptr_t)alias);
