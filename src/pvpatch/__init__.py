@@ -34,7 +34,15 @@ def get_include() -> str:
 
 core_module = register_module(_core)
 
-__all__ = ["BatchRefused", "ElfError", "PvpatchError", "RegistryError", "SiteError",
+
+def auto(hints_path: str | None = None, **kwargs):
+    """Start the guest side of host hints (notifier, policy, worker) and return its handle;
+    see pvpatch.hints.guest.auto."""
+    from .hints.guest import auto as _auto
+    return _auto(hints_path, **kwargs)
+
+
+__all__ = ["auto", "BatchRefused", "ElfError", "PvpatchError", "RegistryError", "SiteError",
            "SyscallError", "current", "events", "get_include", "register_desc",
            "register_module", "registry", "runtime_patch", "set_transition",
            "threads_blocking_sigtrap", "core_module"]

@@ -16,6 +16,8 @@ COMMANDS = (
     "pvpatch.cmd_sites",
     "pvpatch.cmd_selftest",
     "pvpatch.cmd_bench",
+    "pvpatch.cmd_hostd",
+    "pvpatch.cmd_hints",
 )
 
 

@@ -1,0 +1,201 @@
+"""Shared mappings of the hint page, seqcount reads and writes, and the generation futex.
+
+Mechanism only (no decisions): libc's mmap and the futex system call through ctypes, because a
+futex needs the address of the word, which Python's mmap object does not give.
+
+Memory ordering.  pvpatch runs on x86-64, whose memory model (TSO) keeps stores in program order
+and loads in program order, so the seqcount's smp_wmb()/smp_rmb() are compiler barriers only; each
+access here is a separate call into C, which no compiler reorders across.  The seqcount and the
+generation are 4-byte aligned words read and written with single 32-bit accesses (ctypes c_uint32).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+import time
+
+from ..errors import SyscallError
+from . import abi
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.restype = ctypes.c_int
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+PROT_READ, PROT_WRITE = 1, 2
+MAP_SHARED = 1
+MAP_FAILED = ctypes.c_void_p(-1).value
+SYS_futex = 202  # x86-64
+FUTEX_WAIT, FUTEX_WAKE = 0, 1  # shared futexes: no FUTEX_PRIVATE_FLAG, readers are other processes
+INT_MAX = 2**31 - 1
+
+# A reader retries a torn snapshot; a publisher holds the seqcount odd for microseconds, so this
+# many attempts (with a yield after the first few) only run out if the page is broken or a
+# publisher died mid-write, which the caller then reports as an invalid page.
+SNAPSHOT_TRIES = 1000
+
+
+def _oserror(syscall: str) -> SyscallError:
+    e = ctypes.get_errno()
+    return SyscallError(e, os.strerror(e), syscall)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def futex_wait(addr: int, expected: int, timeout_s: float | None) -> str:
+    """Sleep while the 32-bit word at `addr` holds `expected`, at most `timeout_s`.
+
+    Returns "woken", "changed" (the word no longer held `expected`: EAGAIN), "timeout" or
+    "interrupted" (EINTR).  Callers always re-read the page: a wake-up is a hint, not a fact."""
+    ts = None
+    if timeout_s is not None:
+        timeout_s = max(0.0, timeout_s)
+        ts = _Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
+    r = _libc.syscall(ctypes.c_long(SYS_futex), ctypes.c_void_p(addr), ctypes.c_int(FUTEX_WAIT),
+                      ctypes.c_uint32(expected), ctypes.byref(ts) if ts is not None else None,
+                      None, ctypes.c_int(0))
+    if r == 0:
+        return "woken"
+    e = ctypes.get_errno()
+    if e == _errno.EAGAIN:
+        return "changed"
+    if e == _errno.ETIMEDOUT:
+        return "timeout"
+    if e == _errno.EINTR:
+        return "interrupted"
+    raise SyscallError(e, os.strerror(e), "futex")
+
+
+def futex_wake(addr: int, n: int = INT_MAX) -> int:
+    """Wake up to `n` waiters on the word at `addr` (any process mapping the same file)."""
+    r = _libc.syscall(ctypes.c_long(SYS_futex), ctypes.c_void_p(addr), ctypes.c_int(FUTEX_WAKE),
+                      ctypes.c_int(n), None, None, ctypes.c_int(0))
+    if r < 0:
+        raise _oserror("futex")
+    return r
+
+
+def snapshot(fd: int, length: int) -> tuple[bytes, int]:
+    """A consistent copy of the first `length` bytes of the page open at `fd`: (bytes, tries).
+
+    Reader side of the seqcount: read seq (s1); if odd, a write is in progress: retry; copy the
+    page; read seq again (s2); a change means the copy may be torn: retry.  Load order
+    s1 -> copy -> s2 pairs with the writer's store order odd -> payload -> even (Mapping.publish).
+
+    Readers copy with pread, not through their mapping: a page truncated under a mapping raises
+    SIGBUS on access, which would let whoever owns the file crash every guest; pread just comes
+    back short.  (The mapping is there for the futex, which the kernel reads with a fault-safe
+    access.)  Each pread is a separate system call, which keeps s1, the copy and s2 in order.
+
+    Raises HintPageError when the file is too short or no consistent copy came within
+    SNAPSHOT_TRIES."""
+    # Not a page at all (garbage, zeros, another file): say so rather than wait for its
+    # "seqcount" to turn even.  The magic is written once and never changes.
+    magic = os.pread(fd, 4, 0)
+    if len(magic) < 4:
+        raise abi.HintPageError("size", f"file holds {len(magic)} bytes (truncated)")
+    if int.from_bytes(magic, "little") != abi.MAGIC:
+        raise abi.HintPageError("magic", f"{int.from_bytes(magic, 'little'):#010x}, expected "
+                                         f"{abi.MAGIC:#010x} ('PVHT')")
+    for tries in range(1, SNAPSHOT_TRIES + 1):
+        s1 = os.pread(fd, 4, abi.OFF_SEQCOUNT)
+        if len(s1) < 4:
+            raise abi.HintPageError("size", "file ends before the seqcount (truncated)")
+        if not s1[0] & 1:
+            buf = os.pread(fd, length, 0)
+            if len(buf) < length:
+                raise abi.HintPageError("size", f"file holds {len(buf)} bytes, the page needs "
+                                                f"{length} (truncated)")
+            s2 = os.pread(fd, 4, abi.OFF_SEQCOUNT)
+            if s1 == s2:
+                return buf, tries
+        if tries > 10:
+            time.sleep(0)  # the writer may be preempted mid-write: let it run
+    raise abi.HintPageError("seqcount", f"no consistent snapshot in {SNAPSHOT_TRIES} tries "
+                                        "(a publisher died mid-write, or the page is forged)")
+
+
+class Mapping:
+    """A MAP_SHARED mapping of an open file descriptor (the caller keeps the fd)."""
+
+    def __init__(self, fd: int, length: int, writable: bool):
+        prot = PROT_READ | (PROT_WRITE if writable else 0)
+        addr = _libc.mmap(None, length, prot, MAP_SHARED, fd, 0)
+        if addr in (None, MAP_FAILED):
+            raise _oserror("mmap")
+        self.addr = addr
+        self.length = length
+        self.writable = writable
+
+    def close(self) -> None:
+        if self.addr is not None:
+            if _libc.munmap(self.addr, self.length) != 0:
+                raise _oserror("munmap")
+            self.addr = None
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _word(self, off: int) -> ctypes.c_uint32:
+        if self.addr is None:
+            raise ValueError("hint page mapping is closed")
+        return ctypes.c_uint32.from_address(self.addr + off)
+
+    def load32(self, off: int) -> int:
+        return self._word(off).value
+
+    def store32(self, off: int, value: int) -> None:
+        self._word(off).value = value & 0xFFFFFFFF
+
+    def read(self, off: int, n: int) -> bytes:
+        if self.addr is None:
+            raise ValueError("hint page mapping is closed")
+        return ctypes.string_at(self.addr + off, n)
+
+    def write(self, off: int, data: bytes) -> None:
+        if self.addr is None or not self.writable:
+            raise ValueError("hint page mapping is not writable")
+        ctypes.memmove(self.addr + off, data, len(data))
+
+    def mprotect(self, prot: int) -> None:
+        if _libc.mprotect(self.addr, self.length, prot) != 0:
+            raise _oserror("mprotect")
+
+    @property
+    def generation_addr(self) -> int:
+        return self.addr + abi.OFF_GENERATION
+
+    # --- the seqcount protocol, writer side (docs/hints.md, "Publication") -------------------
+
+    def publish(self, payload: bytes, generation: int | None) -> int:
+        """Writer side: make `payload` (SIZE_V1 bytes from abi.encode) visible atomically.
+
+          1. seq += 1 (odd): readers that see it retry.          smp_wmb, partner: reader's s2
+          2. write every field but seqcount and generation.
+          3. if `generation` is given, store it (the futex word), inside the window so that a
+             snapshot's generation always matches its contents.
+          4. seq += 1 (even).                                    smp_wmb, partner: reader's s1
+        The caller then wakes the futex (step 5) when the generation moved.
+        Returns the new (even) seqcount."""
+        seq = self.load32(abi.OFF_SEQCOUNT)
+        if seq & 1:  # a previous publisher died mid-write: its odd count must not be kept
+            seq += 1
+        self.store32(abi.OFF_SEQCOUNT, seq + 1)
+        g0, g1 = abi.OFF_SEQCOUNT, abi.OFF_GENERATION + 4
+        self.write(0, payload[:g0])
+        self.write(g1, payload[g1:])
+        if generation is not None:
+            self.store32(abi.OFF_GENERATION, generation)
+        self.store32(abi.OFF_SEQCOUNT, seq + 2)
+        return (seq + 2) & 0xFFFFFFFF

@@ -1,0 +1,126 @@
+"""The notifier: a guest thread that sleeps on the generation futex and reports what it sees.
+
+Each round: read a consistent, validated snapshot (reader.HintReader), hand it to the callback,
+then sleep on the generation word until the publisher moves it or a timeout passes.  The timeout
+is what notices a dead publisher: while the page is usable the thread wakes when it would turn
+stale (heartbeats push that out), so a publisher killed with SIGKILL is seen within the staleness
+bound.  A page that is not usable is reported as such (the callback falls back to the safe
+default) with one warning per episode, not one per round.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from . import abi, shm
+from .reader import HintReader, HintState
+
+log = logging.getLogger("pvpatch.hints")
+
+
+class Notifier:
+    """Runs `callback(HintState)` on a thread for every observation of the page at `path`.
+
+    poll_s: how often to look again while the page is missing or invalid.  max_wait_s: the
+    longest sleep while it is usable (staleness is checked at least this often)."""
+
+    def __init__(self, path: str | None, callback, *, poll_s: float = 0.5,
+                 max_wait_s: float = 5.0, name: str = "pvpatch-hints-notifier"):
+        self.reader = HintReader(path)
+        self.path = self.reader.path
+        self.callback = callback
+        self.poll_s = poll_s
+        self.max_wait_s = max_wait_s
+        self.observations = 0
+        self.wakeups = {"woken": 0, "changed": 0, "timeout": 0, "interrupted": 0, "slept": 0,
+                        "fault": 0}
+        self.warnings = 0
+        self.last: HintState | None = None
+        self._stop = threading.Event()
+        self._warned = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "Notifier":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread; raises TimeoutError if it does not end within `timeout`."""
+        self._stop.set()
+        m = self.reader.map
+        if m is not None and m.addr is not None:
+            # Wake our own thread from the futex.  Other guests sleeping on the page are woken
+            # too; a wake-up is only ever a reason to re-read, so that costs them one read.
+            try:
+                shm.futex_wake(m.generation_addr)
+            except Exception:  # the mapping may be going away: the timeout still ends the wait
+                pass
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"hint notifier on {self.path} did not stop within {timeout} s")
+        self.reader.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _report(self, st: HintState) -> None:
+        if not st.usable and not self._warned:
+            log.warning("hint page %s: %s; using the safe default (no hints)", self.path,
+                        st.problem)
+            self._warned = True
+            self.warnings += 1
+        elif st.usable and self._warned:
+            p = st.page
+            log.warning("hint page %s: usable again (publisher pid %d, generation %d)",
+                        self.path, p.publisher_pid, p.generation)
+            self._warned = False
+        self.last = st
+        self.observations += 1
+        try:
+            self.callback(st)
+        except Exception:  # a broken callback must not end the notifier
+            log.exception("hint notifier callback failed")
+
+    def _timeout(self, st: HintState) -> float:
+        if not st.usable:
+            return self.poll_s
+        p = st.page
+        until_stale = (p.heartbeat_ns + p.stale_bound_ns() - time.monotonic_ns()) / 1e9
+        return max(0.001, min(self.max_wait_s, until_stale + 0.001))
+
+    def _raw_generation(self) -> int | None:
+        """The generation word as it is, valid page or not: waiting on it lets a publisher that
+        starts over a garbage or stopped page wake us with its first publication."""
+        if self.reader.fd is None:
+            return None
+        try:
+            b = os.pread(self.reader.fd, 4, abi.OFF_GENERATION)
+        except OSError:
+            return None
+        return int.from_bytes(b, "little") if len(b) == 4 else None
+
+    def _run(self) -> None:
+        # The reader stays open when the loop ends: stop() may still be waking us through its
+        # mapping, and closes it after the join.
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except Exception:  # a bug here must not leave the guest without a notifier
+                log.exception("hint notifier on %s: unexpected error; retrying", self.path)
+                self._stop.wait(self.poll_s)
+
+    def _round(self) -> None:
+        st = self.reader.read()
+        self._report(st)
+        if self._stop.is_set():
+            return
+        gen = st.page.generation if st.valid else self._raw_generation()
+        timeout = self._timeout(st)
+        if gen is None or self.reader.map is None:
+            self._stop.wait(timeout)
+            self.wakeups["slept"] += 1
+        else:
+            self.wakeups[self.reader.wait(gen, timeout)] += 1
