@@ -67,3 +67,32 @@ def format_patch(res: dict) -> str:
 
 
 FORMATTERS: dict[str, Callable[[dict], str]] = {"patch": format_patch}
+
+
+@suite("hints")
+def bench_hints(samples: int = 300, spacing_s: float = 0.01, progress=None) -> dict:
+    """Publication -> guest notified, and publication -> switch complete, in a second process
+    (the sampling interval of hostd is not counted: the publisher publishes on demand)."""
+    from .hints import latency
+
+    rows = []
+    for mode in ("notify", "switch"):
+        r = latency.measure(samples=samples, spacing_s=spacing_s, mode=mode)
+        rows.append(r)
+        if progress:
+            progress(r)
+    return {"suite": "hints", "rows": rows}
+
+
+def format_hints(res: dict) -> str:
+    out = [f"{'publication ->':<22} {'group':<9} {'samples':>7} {'p50 ms':>8} {'p99 ms':>8} "
+           f"{'max ms':>8}"]
+    for r in res["rows"]:
+        what = "guest notified" if r["mode"] == "notify" else "switch complete"
+        out.append(f"{what:<22} {r.get('group') or '-':<9} {r['measured']:>7} "
+                   f"{r['p50_us'] / 1e3:>8.3f} {r['p99_us'] / 1e3:>8.3f} "
+                   f"{r.get('max_us', float('nan')) / 1e3:>8.3f}")
+    return "\n".join(out)
+
+
+FORMATTERS["hints"] = format_hints

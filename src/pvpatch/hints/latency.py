@@ -58,7 +58,7 @@ def default_group() -> str:
 
 def measure(samples: int = 200, spacing_s: float = 0.01, mode: str = "notify",
             group: str | None = None, timeout_s: float = 60.0) -> dict:
-    """Run the measurement; returns {mode, group, samples, seen, p50_us, p99_us, ...}."""
+    """Run the measurement; returns {mode, group, samples, measured, p50_us, p99_us, ...}."""
     if mode not in ("notify", "switch"):
         raise PvpatchError(f"latency: mode {mode!r} is not notify or switch")
     if samples < 1 or spacing_s <= 0:
