@@ -141,7 +141,7 @@ def _alias_for(text: tuple[int, int], name: str) -> int:
     start, end = text
     if start not in _remapped:
         try:
-            alias = _core.remap_text(start, end - start, f"pvpatch-text:{name}")
+            _, alias = _core.remap_text(start, end - start, f"pvpatch-text:{name}")
         except OSError as exc:
             raise syscall_error(exc) from None
         _remapped[start] = alias - start

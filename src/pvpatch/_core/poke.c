@@ -69,6 +69,7 @@ static int private_code = 1; /* 0: a fork left our code shared with the parent (
 static void fork_prepare(void);
 static void fork_parent(void);
 static void fork_child(void);
+static int memfd_alias(const char *name, size_t length, void **alias, const char **syscall);
 
 static long sys_membarrier(int cmd, unsigned flags) { return syscall(__NR_membarrier, cmd, flags, 0); }
 
@@ -340,6 +341,14 @@ static double now_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+/* One of the patcher's three syncs; keeps the first failure's errno. */
+static void step_sync(int *syncs, int *first_errno)
+{
+    if (core_sync() != 0 && *first_errno == 0)
+        *first_errno = errno ? errno : EIO;
+    (*syncs)++;
+}
+
 /* apply_batch(addrs, aliases, lens, old, new, hook=0, retire_timeout=5.0) -> dict
  *
  * addrs, aliases: native-endian uint64 arrays (n entries); lens: n bytes; old, new: n * 16 bytes
@@ -379,7 +388,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     double t0 = now_ns();
     unsigned long traps0 = atomic_load(&ctr_traps), helped0 = atomic_load(&ctr_traps_helped),
                   onp0 = atomic_load(&ctr_traps_on_patcher);
-    int syncs = 0, sync_failed = 0, sync_errno = 0;
+    int syncs = 0, sync_errno = 0;
     bool retire_stalled = false;
     long bad = -1;
     const char *why = NULL;
@@ -451,11 +460,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         ((long (*)(void))(uintptr_t)hook)();
     /* sync #1: partner of the helper's step-1 sync; after it, nobody can fetch an old first
      * byte. */
-    if (core_sync() != 0) {
-        sync_failed = 1;
-        sync_errno = errno;
-    }
-    syncs++;
+    step_sync(&syncs, &sync_errno);
     for (size_t i = 0; i < n; i++)
         raise_state(&b->e[i], S_INT3);
 
@@ -466,11 +471,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
             memcpy((void *)(e->alias + 1), e->new + 1, e->len - 1);
     }
     /* sync #2: partner of the helper's step-2 sync. */
-    if (core_sync() != 0 && !sync_failed) {
-        sync_failed = 1;
-        sync_errno = errno;
-    }
-    syncs++;
+    step_sync(&syncs, &sync_errno);
     for (size_t i = 0; i < n; i++)
         raise_state(&b->e[i], S_TAIL);
 
@@ -481,11 +482,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
             store_byte(e->alias, e->new[0]);
     }
     /* sync #3: partner of the helper's step-3 sync. */
-    if (core_sync() != 0 && !sync_failed) {
-        sync_failed = 1;
-        sync_errno = errno;
-    }
-    syncs++;
+    step_sync(&syncs, &sync_errno);
     for (size_t i = 0; i < n; i++)
         raise_state(&b->e[i], S_DONE);
 
@@ -518,7 +515,7 @@ unlock:
     pthread_mutex_unlock(&batch_lock);
     Py_END_ALLOW_THREADS
 
-    if (sync_failed) {
+    if (sync_errno != 0) {
         /* membarrier never fails once registered; if it did, the sites are still whole (every
          * step wrote), but the ordering promise was not kept: say so. */
         core_oserror_errno(sync_errno, "membarrier");
@@ -599,18 +596,12 @@ static void fork_child(void)
     pthread_mutex_unlock(&batch_lock);
     for (size_t i = 0; i < n_code_ranges; i++) {
         struct code_range *r = &code_ranges[i];
-        int fd = memfd_create(r->name, MFD_CLOEXEC);
-        if (fd < 0 || ftruncate(fd, (off_t)r->len) != 0) {
+        void *tmp;
+        const char *syscall;
+        /* 1. Copy the current bytes into a new file through a temporary rw mapping. */
+        int fd = memfd_alias(r->name, r->len, &tmp, &syscall);
+        if (fd < 0) {
             private_code = 0;
-            if (fd >= 0)
-                close(fd);
-            continue;
-        }
-        /* 1. Copy the current bytes into the new file through a temporary rw mapping. */
-        void *tmp = mmap(NULL, r->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (tmp == MAP_FAILED) {
-            private_code = 0;
-            close(fd);
             continue;
         }
         memcpy(tmp, (const void *)r->exec, r->len);
@@ -666,70 +657,79 @@ static PyObject *py_text_segment(PyObject *self, PyObject *arg)
     return Py_BuildValue("(KKs)", (unsigned long long)q.start, (unsigned long long)q.end, q.path);
 }
 
-/* remap_text(start, length, name) -> alias: move [start, start+length) into a memfd, mapped r-x
- * shared at start (MAP_FIXED, same bytes, so threads running there notice nothing) and rw-
- * shared at the returned alias. */
-static PyObject *py_remap_text(PyObject *self, PyObject *args)
+/* A memfd of `length` bytes and an rw- shared mapping of it (the alias).  Returns the fd, or -1
+ * with errno set and *syscall naming the call that failed. */
+static int memfd_alias(const char *name, size_t length, void **alias, const char **syscall)
 {
-    unsigned long long start, length;
-    const char *name;
-    if (!PyArg_ParseTuple(args, "KKs", &start, &length, &name))
-        return NULL;
     int fd = memfd_create(name, MFD_CLOEXEC);
-    if (fd < 0)
-        return core_oserror("memfd_create");
+    if (fd < 0) {
+        *syscall = "memfd_create";
+        return -1;
+    }
     if (ftruncate(fd, (off_t)length) != 0) {
-        int e = errno;
-        close(fd);
-        return core_oserror_errno(e, "ftruncate");
+        *syscall = "ftruncate";
+    } else {
+        *alias = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (*alias != MAP_FAILED)
+            return fd;
+        *syscall = "mmap";
     }
-    void *alias = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (alias == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        return core_oserror_errno(e, "mmap");
-    }
-    memcpy(alias, (const void *)(uintptr_t)start, length);
-    void *x = mmap((void *)(uintptr_t)start, length, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED,
-                   fd, 0);
     int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
+
+/* The end of remap_text and map_code: close the fd, check the exec view, remember the range. */
+static PyObject *code_range_done(int fd, void *x, int map_errno, void *alias, size_t length,
+                                 const char *name)
+{
     close(fd);
     if (x == MAP_FAILED) {
         munmap(alias, length);
-        return core_oserror_errno(e, "mmap");
+        return core_oserror_errno(map_errno, "mmap");
     }
-    if (note_code_range((uintptr_t)start, (uintptr_t)alias, length, name) != 0) {
+    if (note_code_range((uintptr_t)x, (uintptr_t)alias, length, name) != 0) {
         PyErr_SetString(PyExc_OverflowError, "too many code ranges");
         return NULL;
     }
-    return PyLong_FromUnsignedLongLong((uintptr_t)alias);
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)x,
+                         (unsigned long long)(uintptr_t)alias);
+}
+
+/* remap_text(start, length, name) -> (start, alias): move [start, start+length) into a memfd,
+ * mapped r-x shared at start (MAP_FIXED, same bytes, so threads running there notice nothing)
+ * and rw- shared at the alias. */
+static PyObject *py_remap_text(PyObject *self, PyObject *args)
+{
+    unsigned long long start, length;
+    const char *name, *syscall;
+    void *alias;
+    if (!PyArg_ParseTuple(args, "KKs", &start, &length, &name))
+        return NULL;
+    int fd = memfd_alias(name, length, &alias, &syscall);
+    if (fd < 0)
+        return core_oserror(syscall);
+    memcpy(alias, (const void *)(uintptr_t)start, length);
+    void *x = mmap((void *)(uintptr_t)start, length, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED,
+                   fd, 0);
+    return code_range_done(fd, x, errno, alias, length, name);
 }
 
 /* map_code(length, name, near=0) -> (exec, alias): fresh zeroed code memory, r-x at the
- * returned exec address (within +-1 GiB of `near` when given, so that rel32 calls reach code
+ * returned exec address (within 1 GiB below `near` when given, so that rel32 calls reach code
  * there), rw- at the alias. */
 static PyObject *py_map_code(PyObject *self, PyObject *args)
 {
     unsigned long long length, near = 0;
-    const char *name;
+    const char *name, *syscall;
+    void *alias;
     if (!PyArg_ParseTuple(args, "Ks|K", &length, &name, &near))
         return NULL;
-    int fd = memfd_create(name, MFD_CLOEXEC);
+    int fd = memfd_alias(name, length, &alias, &syscall);
     if (fd < 0)
-        return core_oserror("memfd_create");
-    if (ftruncate(fd, (off_t)length) != 0) {
-        int e = errno;
-        close(fd);
-        return core_oserror_errno(e, "ftruncate");
-    }
-    void *alias = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (alias == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        return core_oserror_errno(e, "mmap");
-    }
+        return core_oserror(syscall);
     void *x = MAP_FAILED;
-    int e = 0;
     if (near != 0) {
         /* Probe downwards from `near` for a free range: MAP_FIXED_NOREPLACE never clobbers. */
         long pg = sysconf(_SC_PAGESIZE);
@@ -738,23 +738,11 @@ static PyObject *py_map_code(PyObject *self, PyObject *args)
             uintptr_t want = ((uintptr_t)near - off - length) & ~(uintptr_t)(pg - 1);
             x = mmap((void *)want, length, PROT_READ | PROT_EXEC,
                      MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
-            e = errno;
         }
     } else {
         x = mmap(NULL, length, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
-        e = errno;
     }
-    close(fd);
-    if (x == MAP_FAILED) {
-        munmap(alias, length);
-        return core_oserror_errno(e, "mmap");
-    }
-    if (note_code_range((uintptr_t)x, (uintptr_t)alias, length, name) != 0) {
-        PyErr_SetString(PyExc_OverflowError, "too many code ranges");
-        return NULL;
-    }
-    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)x,
-                         (unsigned long long)(uintptr_t)alias);
+    return code_range_done(fd, x, errno, alias, length, name);
 }
 
 /* add_known_sites(addrs) -> index: addrs is a uint64 array of site starts (any order); the trap
