@@ -7,6 +7,9 @@ CORE_SOURCES = [
     "src/pvpatch/_core/selftest_sites.c",
     "src/pvpatch/_core/selftest.c",
     "src/pvpatch/_core/cpuid.c",
+    "src/pvpatch/_core/locks.c",
+    "src/pvpatch/_core/lock_sites.c",
+    "src/pvpatch/_core/torture.c",
 ]
 
 setup(

@@ -18,6 +18,7 @@ COMMANDS = (
     "pvpatch.cmd_bench",
     "pvpatch.cmd_hostd",
     "pvpatch.cmd_hints",
+    "pvpatch.cmd_torture",
 )
 
 

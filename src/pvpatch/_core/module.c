@@ -4,12 +4,15 @@
  * The C files each own one area and export a NULL-terminated method table; this file merges them.
  */
 #include "core.h"
+#include "lock_sites.h"
 #include "selftest_sites.h"
 
 /* The op groups of the core, at their PVPATCH_GROUP_ID. */
 static const struct pvpatch_group core_groups[] = {
     [PVPATCH_GROUP_ID(selftest)] = {"selftest", core_selftest_variants, ST_NVARIANTS, ST_NATIVE,
                                     core_selftest_ops, PVPATCH_NOPS(selftest)},
+    [PVPATCH_GROUP_ID(lock)] = {"lock", core_lock_variants, LK_NVARIANTS, LK_NATIVE,
+                                core_lock_ops, PVPATCH_NOPS(lock)},
 };
 
 PVPATCH_MODULE("pvpatch._core", core_groups);
@@ -21,6 +24,8 @@ static PyMethodDef *const tables[] = {
     core_selftest_site_methods,
     core_selftest_methods,
     core_cpuid_methods,
+    core_lock_methods,
+    core_torture_methods,
 };
 
 static struct PyModuleDef core_module = {

@@ -1,0 +1,485 @@
+"""locktorture for pvpatch: writer threads (in C) hammer one lock while this module reports,
+switches the lock group's variant live, and watches for stalls.
+
+One run cycles through *configurations*: (lock kind, variant) pairs such as
+("pvpatch", "native"), ("pvpatch", "pv"), ("pthread-mutex", None).  With more than one, the
+writers move to the next every ``toggle_every`` seconds, so that every configuration is measured
+in the same process under the same noise, side by side; the summary gives each one's rate and
+the ratios.  Writes counted while a switch is in progress belong to no configuration.
+
+Output follows the kernel's locktorture::
+
+    pvpatch-torture: Writes:  Total: 1048759000  Max/Min: 131244/130977  Fail: 0
+    # toggle pv
+    ...
+    End of test: SUCCESS
+
+with `` ???`` appended when Max/2 > Min (a starved writer) and `` !!!`` when Fail > 0.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from . import _core
+from .errors import PvpatchError
+
+KINDS: tuple[str, ...] = tuple(k for k in _core.torture_kinds() if k != "none")
+MODES = ("native", "pv", "auto", "toggle")
+PREFIX = "pvpatch-torture:"
+
+
+class TortureError(PvpatchError, ValueError):
+    """A torture configuration that cannot run; the message names the option at fault."""
+
+
+@dataclass
+class Config:
+    writers: int = 0                 # 0: 2 x online CPUs, as locktorture
+    duration: float = 10.0
+    stat_interval: float = 1.0
+    mode: str = "toggle"             # native | pv | auto | toggle (pvpatch's variant)
+    toggle_every: float = 1.0        # seconds per configuration when there are several
+    hold_ns: int = 0                 # critical-section length
+    locks: list[str] = field(default_factory=lambda: ["pvpatch"])
+    stall_timeout: float = 10.0      # no acquisition at all for this long: a stall
+    hints_path: str | None = None    # --mode auto: the hint page
+    pv_spin: int | None = None       # pv waiters' spin bound (None: the library's default)
+    rescue: float | None = None      # sleepers' rescue timeout, s (None: the default)
+
+    def check(self) -> None:
+        if self.writers < 0 or self.writers > 1024:
+            raise TortureError(f"--writers {self.writers}: must be 1..1024 (0: 2 x CPUs)")
+        if not self.duration > 0:
+            raise TortureError(f"--duration {self.duration}: must be > 0")
+        if not self.stat_interval > 0:
+            raise TortureError(f"--stat-interval {self.stat_interval}: must be > 0")
+        if not self.toggle_every > 0:
+            raise TortureError(f"--toggle-every {self.toggle_every}: must be > 0")
+        if self.hold_ns < 0:
+            raise TortureError(f"--hold-ns {self.hold_ns}: must be >= 0")
+        if not self.stall_timeout > 0:
+            raise TortureError(f"--stall-timeout {self.stall_timeout}: must be > 0")
+        if self.mode not in MODES:
+            raise TortureError(f"--mode {self.mode!r}: must be one of {', '.join(MODES)}")
+        if not self.locks:
+            raise TortureError("--lock: name at least one lock")
+        for k in self.locks:
+            if k not in KINDS:
+                raise TortureError(f"--lock {k!r}: must be one of {', '.join(KINDS)}")
+        if len(set(self.locks)) != len(self.locks):
+            raise TortureError(f"--lock {','.join(self.locks)}: a lock is named twice")
+        if self.mode == "auto":
+            import pvpatch
+            if not hasattr(pvpatch, "auto"):
+                raise TortureError("--mode auto needs host hints (pvpatch.auto), which this "
+                                   "pvpatch does not have; use native, pv or toggle")
+            if len(self.configs()) > 1:
+                raise TortureError("--mode auto lets host hints pick the variant; it cannot "
+                                   "rotate through several locks (give one --lock)")
+
+    def configs(self) -> list[tuple[str, str | None]]:
+        out: list[tuple[str, str | None]] = []
+        for k in self.locks:
+            if k != "pvpatch":
+                out.append((k, None))
+            elif self.mode == "toggle":
+                out += [(k, "native"), (k, "pv")]
+            else:
+                out.append((k, self.mode))
+        return out
+
+
+def config_name(cfg: tuple[str, str | None]) -> str:
+    kind, variant = cfg
+    return f"{kind} {variant}" if variant else kind
+
+
+@dataclass
+class Interval:
+    t: float           # seconds since the start, at the end of the interval
+    total: int         # cumulative writes
+    max: int           # cumulative writes of the busiest writer
+    min: int           # ... of the least busy one
+    fail: int          # cumulative mutual-exclusion violations
+    mode: str          # configuration at the end of the interval
+    writes: int        # writes in this interval
+    lost_wakeups: int  # cumulative late/lost wake-ups (rescued sleepers)
+
+
+@dataclass
+class Segment:
+    t0: float
+    t1: float
+    config: str
+    writes: int
+
+
+@dataclass
+class Result:
+    config: dict
+    intervals: list[Interval]
+    segments: list[Segment]
+    switches: int
+    switch_failures: list[str]
+    fail: int
+    total: int
+    lost_wakeups: int
+    lost_updates: dict[str, int]
+    stalled: bool
+    stuck_writers: list[int]
+    rates: dict[str, float]
+    lock_stats: dict[str, int]
+    success: bool
+    reasons: list[str]
+
+    def summary(self) -> dict:
+        return {"total": self.total, "fail": self.fail, "switches": self.switches,
+                "switch_failures": len(self.switch_failures), "lost_wakeups": self.lost_wakeups,
+                "lost_updates": self.lost_updates, "stalled": self.stalled,
+                "stuck_writers": self.stuck_writers, "rates": self.rates,
+                "lock_stats": self.lock_stats, "success": self.success, "reasons": self.reasons}
+
+    def as_json(self) -> dict:
+        return {"config": self.config, "intervals": [asdict(i) for i in self.intervals],
+                "segments": [asdict(s) for s in self.segments], "summary": self.summary()}
+
+
+def format_line(total: int, mx: int, mn: int, fail: int) -> str:
+    """One locktorture statistics line."""
+    line = f"{PREFIX} Writes:  Total: {total}  Max/Min: {mx}/{mn}  Fail: {fail}"
+    if mx / 2 > mn:
+        line += " ???"
+    if fail > 0:
+        line += " !!!"
+    return line
+
+
+def _lock_word(v: int) -> str:
+    tail = v >> 16
+    return (f"{v:#010x} (locked {v & 0xff:#x}, pending {(v >> 8) & 0xff}, "
+            f"tail {'empty' if not tail else f'tid {(tail >> 2) - 1} node {tail & 3}'})")
+
+
+def state_dump(handle, why: str) -> list[str]:
+    """Everything worth knowing about a stuck run, as '# ' lines."""
+    import pvpatch
+    from . import locks
+    lines = [f"# state dump: {why}"]
+    try:
+        st = _core.torture_state(handle)
+        lines.append(f"#   lock word {_lock_word(st['lock_word'])} at {st['lock_addr']:#x}, "
+                     f"writers on {st['kind']}")
+        lines.append(f"#   variant {pvpatch.current().get('lock')}, mode {locks.mode()}, "
+                     f"pv_inflight {_core.lock_pv_inflight()}, "
+                     f"ticket {st['ticket_next']}/{st['ticket_owner']}, tas {st['tas']}")
+        for w in st["writers"]:
+            lines.append(f"#   writer {w['id']}: {w['where']} ({w['kind']}), "
+                         f"writes {w['writes']}, fails {w['fails']}")
+        for t in _core.lock_threads():
+            lines.append(f"#   lock thread tid {t['tid']}: {t['where']}, depth {t['depth']}, "
+                         f"pv_active {t['pv_active']}, lock {t['lock']:#x}, "
+                         f"node {t['node_wait']}")
+        stats = _core.lock_stats()
+        lines.append("#   lock stats " + " ".join(f"{k}={v}" for k, v in stats.items() if v))
+    except Exception as exc:  # a dump must never hide the failure it reports
+        lines.append(f"#   (dump incomplete: {exc!r})")
+    return lines
+
+
+class Watchdog(threading.Thread):
+    """Turns a stall into a failure.  Two kinds: the writers make no acquisition at all for
+    `timeout` seconds, or the main loop (which may be the stuck part: a switch that never
+    returns) does not come round for `timeout` + `grace` seconds.  Either is reported with a
+    state dump; with hard_exit, a main loop that is still stuck `timeout` seconds after the
+    report ends the process with status 3 rather than let it hang."""
+
+    def __init__(self, handle, timeout: float, grace: float, on_stall, hard_exit: bool):
+        super().__init__(name="pvpatch-torture-watchdog", daemon=True)
+        self.handle, self.timeout, self.grace = handle, timeout, grace
+        self.on_stall, self.hard_exit = on_stall, hard_exit
+        self.stalled = threading.Event()
+        self.heartbeat = time.monotonic()
+        self._stop = threading.Event()
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def run(self) -> None:
+        last, since = -1, time.monotonic()
+        while not self._stop.wait(min(0.1, self.timeout / 10)):
+            total = sum(_core.torture_read(self.handle)[0])
+            now = time.monotonic()
+            if total != last:
+                last, since = total, now
+            if now - since > self.timeout:
+                why = f"no acquisition for {now - since:.1f} s"
+            elif now - self.heartbeat > self.timeout + self.grace:
+                why = f"the main loop has not come round for {now - self.heartbeat:.1f} s"
+            else:
+                continue
+            self.stalled.set()
+            self.on_stall(state_dump(self.handle, why))
+            if not self._stop.wait(self.timeout) and self.hard_exit:
+                self.on_stall(["# the run does not end: giving up", "End of test: FAILURE"])
+                os._exit(3)
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Torture:
+    """One run.  `out` receives the report line by line (print by default)."""
+
+    def __init__(self, config: Config, out: Callable[[str], None] | None = None,
+                 hard_exit_on_hang: bool = False):
+        config.check()
+        if config.writers == 0:
+            config.writers = 2 * (os.cpu_count() or 1)
+        self.config = config
+        self.out = out or (lambda s: print(s, flush=True))
+        self.hard_exit_on_hang = hard_exit_on_hang
+        self._print_lock = threading.Lock()
+
+    def _say(self, line: str) -> None:
+        with self._print_lock:
+            self.out(line)
+
+    # -- configurations -------------------------------------------------------------------
+
+    def _enter(self, handle, cfg, prev) -> str | None:
+        """Move the writers to configuration `cfg`; returns an error text if the switch did not
+        complete (the run goes on: the lock is left in a correct state)."""
+        import pvpatch
+        from . import locks
+        kind, variant = cfg
+        err = None
+        if variant in ("native", "pv") and pvpatch.current()["lock"] != variant:
+            try:
+                pvpatch.runtime_patch({"lock": variant})
+            except locks.LockSwitchIncomplete as exc:
+                err = str(exc)
+            else:
+                self._say(f"# toggle {variant}")
+        if prev is None or prev[0] != kind:
+            _core.torture_set_kind(handle, kind)
+            if len(self.config.locks) > 1:
+                self._say(f"# lock {kind}")
+        return err
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        import pvpatch
+        from . import locks  # installs the lock group's transition
+        c = self.config
+        configs = c.configs()
+        _core.lock_futex_check()
+        tune_before = _core.lock_tune()
+        _core.lock_tune(pv_spin=c.pv_spin, rescue=c.rescue)
+        variant_before = pvpatch.current()["lock"]
+        auto_handle = None
+        stats0 = _core.lock_stats()
+        switches0 = locks.switches()["completed"]
+        reasons: list[str] = []
+        switch_failures: list[str] = []
+        intervals: list[Interval] = []
+        segments: list[Segment] = []
+        counts: dict[str, tuple[int, float]] = {}
+
+        handle = _core.torture_start(c.writers, c.hold_ns, configs[0][0])
+        dumps: list[list[str]] = []
+
+        def on_stall(lines: list[str]) -> None:
+            dumps.append(lines)
+            for ln in lines:
+                self._say(ln)
+
+        from .locks import grace_timeout
+        dog = Watchdog(handle, c.stall_timeout, 2 * grace_timeout + 5.0, on_stall,
+                       self.hard_exit_on_hang)
+        try:
+            t0 = time.monotonic()
+            err = self._enter(handle, configs[0], None)
+            if err:
+                switch_failures.append(err)
+            ci = 0
+            seg_t0, seg_w0 = time.monotonic(), sum(_core.torture_read(handle)[0])
+            last_variant = pvpatch.current()["lock"]  # before auto's worker can switch it
+            if c.mode == "auto":
+                auto_handle = pvpatch.auto(c.hints_path)
+            dog.start()
+            end = t0 + c.duration
+            next_stat = t0 + c.stat_interval
+            next_rotate = t0 + c.toggle_every if len(configs) > 1 else float("inf")
+            prev_total = 0
+
+            def cur_name() -> str:
+                # What runs, not what was asked for: a switch may have stopped at hybrid.
+                kind = configs[ci][0]
+                return f"pvpatch {pvpatch.current()['lock']}" if kind == "pvpatch" else kind
+
+            while not dog.stalled.is_set():
+                dog.beat()
+                now = time.monotonic()
+                if now >= end:
+                    break
+                if c.mode == "auto":  # the variant is host hints' business: report changes
+                    v = pvpatch.current()["lock"]
+                    if v != last_variant:
+                        w = sum(_core.torture_read(handle)[0])
+                        segments.append(Segment(seg_t0 - t0, now - t0,
+                                                f"pvpatch {last_variant}", w - seg_w0))
+                        seg_t0, seg_w0, last_variant = now, w, v
+                        self._say(f"# toggle {v}")
+                if now >= next_stat:
+                    writes, fails = _core.torture_read(handle)
+                    total = sum(writes)
+                    lost = _core.lock_stats()["late_wakeups"] - stats0["late_wakeups"]
+                    self._say(format_line(total, max(writes), min(writes), sum(fails)))
+                    intervals.append(Interval(round(now - t0, 3), total, max(writes),
+                                              min(writes), sum(fails), cur_name(),
+                                              total - prev_total, lost))
+                    prev_total = total
+                    next_stat += c.stat_interval
+                if now >= next_rotate:
+                    w = sum(_core.torture_read(handle)[0])
+                    segments.append(Segment(seg_t0 - t0, now - t0, cur_name(), w - seg_w0))
+                    prev = configs[ci]
+                    ci = (ci + 1) % len(configs)
+                    err = self._enter(handle, configs[ci], prev)
+                    if err:
+                        switch_failures.append(err)
+                        self._say(f"# switch incomplete: {err}")
+                    seg_t0, seg_w0 = time.monotonic(), sum(_core.torture_read(handle)[0])
+                    next_rotate = seg_t0 + c.toggle_every
+                time.sleep(max(0.0, min(next_stat, next_rotate, end, now + 0.05)
+                               - time.monotonic()))
+            now = time.monotonic()
+            writes, fails = _core.torture_read(handle)
+            w = sum(writes)
+            segments.append(Segment(seg_t0 - t0, now - t0, cur_name(), w - seg_w0))
+            if not intervals or intervals[-1].t < round(now - t0, 3):  # the closing line
+                lost = _core.lock_stats()["late_wakeups"] - stats0["late_wakeups"]
+                self._say(format_line(w, max(writes), min(writes), sum(fails)))
+                intervals.append(Interval(round(now - t0, 3), w, max(writes), min(writes),
+                                          sum(fails), cur_name(), w - prev_total, lost))
+        finally:
+            dog.stop()
+            if auto_handle is not None:
+                auto_handle.stop()
+            # Writers asleep on a lost wake-up come back after the rescue timeout.
+            stop = _core.torture_stop(handle, max(10.0, 2 * (c.rescue or 2.0)))
+            try:
+                if pvpatch.current()["lock"] != variant_before:
+                    pvpatch.runtime_patch({"lock": variant_before})
+            except PvpatchError as exc:
+                reasons.append(f"could not restore the lock variant: {exc}")
+            _core.lock_tune(pv_spin=tune_before[0], rescue=tune_before[1])
+
+        writes, fails = _core.torture_read(handle)
+        stats1 = _core.lock_stats()
+        stats = {k: stats1[k] - stats0.get(k, 0) for k in stats1}
+        total, fail = sum(writes), sum(fails)
+        lost_updates = {k: w - ctr for k, (w, ctr) in stop["kinds"].items() if w != ctr}
+        for s in segments:
+            n, secs = counts.get(s.config, (0, 0.0))
+            counts[s.config] = (n + s.writes, secs + (s.t1 - s.t0))
+        rates = {k: n / secs for k, (n, secs) in counts.items() if secs > 0}
+        if fail:
+            reasons.append(f"{fail} mutual-exclusion violation(s) detected in critical sections")
+        if lost_updates:
+            reasons.append("lost updates (two owners at once): " + ", ".join(
+                f"{k} {v}" for k, v in lost_updates.items()))
+        if stats["late_wakeups"]:
+            reasons.append(f"{stats['late_wakeups']} wake-up(s) lost (a sleeper was rescued "
+                           f"by its timeout with its condition already true)")
+        if stats["futex_errors"]:
+            try:
+                _core.lock_futex_check()
+                why = "?"
+            except OSError as exc:
+                why = f"{exc.filename}: {exc.strerror}"
+            reasons.append(f"{stats['futex_errors']} futex call(s) failed ({why}); the waiters "
+                           f"spun instead")
+        stalled = dog.stalled.is_set()
+        if stalled:
+            reasons.append(f"stall: no acquisition for {c.stall_timeout:g} s")
+        if not stop["joined"]:
+            reasons.append(f"writer(s) {stop['stuck']} did not stop")
+        switches = locks.switches()["completed"] - switches0
+        return Result(config=asdict(c) | {"configs": [config_name(x) for x in configs]},
+                      intervals=intervals, segments=segments, switches=switches,
+                      switch_failures=switch_failures, fail=fail, total=total,
+                      lost_wakeups=stats["late_wakeups"], lost_updates=lost_updates,
+                      stalled=stalled, stuck_writers=stop["stuck"], rates=rates,
+                      lock_stats={k: v for k, v in stats.items() if v}, success=not reasons,
+                      reasons=reasons)
+
+
+def report(result: Result, say: Callable[[str], None]) -> None:
+    """The end of the run: per-configuration rates, ratios, the verdict."""
+    for name, rate in result.rates.items():
+        secs = sum(s.t1 - s.t0 for s in result.segments if s.config == name)
+        n = sum(s.writes for s in result.segments if s.config == name)
+        say(f"# {name}: {n:,} writes in {secs:.1f} s ({rate:,.0f}/s)")
+    names = list(result.rates)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ra, rb = result.rates[a], result.rates[b]
+            if ra > 0 and rb > 0:
+                say(f"# ratio {b} / {a}: {rb / ra:.2f}")
+    if result.switches or result.switch_failures:
+        say(f"# switches: {result.switches} completed, {len(result.switch_failures)} stopped "
+            f"at hybrid")
+    for r in result.reasons:
+        say(f"# FAILURE: {r}")
+    say(f"End of test: {'SUCCESS' if result.success else 'FAILURE'}")
+
+
+def write_json(result: Result, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result.as_json(), f, indent=1)
+        f.write("\n")
+
+
+def plot(result: Result, path: str) -> None:
+    """Writes per second of every segment, each configuration shaded in its own colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(s.config for s in result.segments))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {n: colours[i % len(colours)] for i, n in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    seen = set()
+    for s in result.segments:  # shaded: which configuration ran; line: its rate
+        dt = s.t1 - s.t0
+        if dt <= 0:
+            continue
+        label = s.config if s.config not in seen else None
+        seen.add(s.config)
+        ax.axvspan(s.t0, s.t1, color=colour[s.config], alpha=0.18, lw=0, label=label)
+        ax.hlines(max(s.writes / dt, 1.0), s.t0, s.t1, color=colour[s.config], lw=2)
+    t_prev = 0.0
+    for k, i in enumerate(result.intervals):  # the statistics lines' intervals
+        if i.t > t_prev:
+            ax.hlines(max(i.writes / (i.t - t_prev), 1.0), t_prev, i.t, color="black", lw=0.8,
+                      ls="--", label="per stat interval" if k == 0 else None)
+        t_prev = i.t
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("acquisitions per second")
+    c = result.config
+    ax.set_title(f"pvpatch torture: {c['writers']} writers, hold {c['hold_ns']} ns, "
+                 f"{'SUCCESS' if result.success else 'FAILURE'}")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
