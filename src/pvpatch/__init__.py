@@ -34,6 +34,8 @@ def get_include() -> str:
 
 core_module = register_module(_core)
 
+from . import locks  # noqa: E402  (the lock group owns its transitions: docs/locks.md)
+
 
 def auto(hints_path: str | None = None, **kwargs):
     """Start the guest side of host hints (notifier, policy, worker) and return its handle;

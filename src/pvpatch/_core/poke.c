@@ -448,6 +448,20 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         b->n = 0;
         goto unlock;
     }
+    /* Entries whose new bytes are their old ones need no write: drop them (the kernel skips
+     * them too).  A batch left empty takes no sync. */
+    {
+        size_t kept = 0;
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(b->e[i].old, b->e[i].new, b->e[i].len) != 0) {
+                if (kept != i)
+                    memcpy(&b->e[kept], &b->e[i], sizeof(struct entry));
+                kept++;
+            }
+        n = b->n = kept;
+        if (n == 0)
+            goto unlock;
+    }
     in_patcher = 1;
     /* Publish: partner is the load in trap_help. */
     atomic_store(&live_batch, b);
