@@ -140,7 +140,7 @@ def test_auto_mode_follows_host_hints(tmp_path):
     """--mode auto hands the variant to pvpatch.auto(); without a hint page that is the safe
     default, pv.  The run must stay correct and report the switch it saw."""
     rc, out, err = cli("--writers", "4", "--mode", "auto", "--duration", "3",
-                       "--hints", str(tmp_path / "no-such-page"))
+                       "--hints-path", str(tmp_path / "no-such-page"))
     assert rc == 0, out + err
     assert out.splitlines()[-1] == "End of test: SUCCESS"
     assert "# toggle pv" in out

@@ -13,7 +13,7 @@ def run(args) -> int:
                          stat_interval=args.stat_interval, mode=args.mode,
                          toggle_every=args.toggle_every, hold_ns=args.hold_ns,
                          locks=[k.strip() for k in args.lock.split(",") if k.strip()],
-                         stall_timeout=args.stall_timeout, hints_path=args.hints,
+                         stall_timeout=args.stall_timeout, hints_path=args.hints_path,
                          pv_spin=args.pv_spin, rescue=args.rescue)
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         d = os.path.dirname(os.path.abspath(path)) if path else None
@@ -66,7 +66,9 @@ def register(sub) -> None:
     p.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                    help="no acquisition for this long is a stall: state dump, exit 1 "
                         "(default 10)")
-    p.add_argument("--hints", metavar="PATH", help="--mode auto: the hint page to follow")
+    p.add_argument("--hints-path", metavar="P", default=None,
+                   help="--mode auto: the hint page to follow (default: the path hostd uses, "
+                        "/dev/shm/pvpatch-hints)")
     p.add_argument("--pv-spin", type=int, metavar="N",
                    help="pv waiters spin N pauses before sleeping (default: the library's)")
     p.add_argument("--rescue", type=float, metavar="S",

@@ -136,13 +136,15 @@ class Result:
     lock_stats: dict[str, int]
     success: bool
     reasons: list[str]
+    auto_switches: list[dict] = field(default_factory=list)  # --mode auto: the hint switches
 
     def summary(self) -> dict:
         return {"total": self.total, "fail": self.fail, "switches": self.switches,
                 "switch_failures": len(self.switch_failures), "lost_wakeups": self.lost_wakeups,
                 "lost_updates": self.lost_updates, "stalled": self.stalled,
                 "stuck_writers": self.stuck_writers, "rates": self.rates,
-                "lock_stats": self.lock_stats, "success": self.success, "reasons": self.reasons}
+                "lock_stats": self.lock_stats, "success": self.success, "reasons": self.reasons,
+                "auto_switches": self.auto_switches}
 
     def as_json(self) -> dict:
         return {"config": self.config, "intervals": [asdict(i) for i in self.intervals],
@@ -284,6 +286,8 @@ class Torture:
         _core.lock_tune(pv_spin=c.pv_spin, rescue=c.rescue)
         variant_before = pvpatch.current()["lock"]
         auto_handle = None
+        auto_events: list = []
+        auto_reported = 0
         stats0 = _core.lock_stats()
         switches0 = locks.switches()["completed"]
         reasons: list[str] = []
@@ -312,7 +316,8 @@ class Torture:
             seg_t0, seg_w0 = time.monotonic(), sum(_core.torture_read(handle)[0])
             last_variant = pvpatch.current()["lock"]  # before auto's worker can switch it
             if c.mode == "auto":
-                auto_handle = pvpatch.auto(c.hints_path)
+                # The worker thread appends each switch; the loop below reports them.
+                auto_handle = pvpatch.auto(c.hints_path, on_event=auto_events.append)
             dog.start()
             end = t0 + c.duration
             next_stat = t0 + c.stat_interval
@@ -330,6 +335,17 @@ class Torture:
                 if now >= end:
                     break
                 if c.mode == "auto":  # the variant is host hints' business: report changes
+                    while auto_reported < len(auto_events):
+                        ev = auto_events[auto_reported]
+                        auto_reported += 1
+                        lat = ev.latency_s
+                        # The first observation finds a page published before we started:
+                        # its age is not a latency.
+                        when = ("initial state" if auto_reported == 1 else None if lat is None
+                                else f"publication to switch complete {lat * 1e3:.2f} ms")
+                        self._say(f"# hints: {ev.reason} -> lock {ev.variants.get('lock')}"
+                                  + ("" if ev.ok else f" FAILED: {ev.error}")
+                                  + (f" ({when})" if when else ""))
                     v = pvpatch.current()["lock"]
                     if v != last_variant:
                         w = sum(_core.torture_read(handle)[0])
@@ -419,7 +435,7 @@ class Torture:
                       lost_wakeups=stats["late_wakeups"], lost_updates=lost_updates,
                       stalled=stalled, stuck_writers=stop["stuck"], rates=rates,
                       lock_stats={k: v for k, v in stats.items() if v}, success=not reasons,
-                      reasons=reasons)
+                      reasons=reasons, auto_switches=[e.to_json() for e in auto_events])
 
 
 def report(result: Result, say: Callable[[str], None]) -> None:
