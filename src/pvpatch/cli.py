@@ -13,6 +13,7 @@ import sys
 from .errors import PvpatchError
 
 COMMANDS = (
+    "pvpatch.cmd_demo",
     "pvpatch.cmd_sites",
     "pvpatch.cmd_selftest",
     "pvpatch.cmd_bench",
