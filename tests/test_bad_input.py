@@ -99,3 +99,31 @@ def test_same_module_twice():
     register(g)
     with pytest.raises(pvpatch.RegistryError, match="already registered"):
         register(g)
+
+
+def test_refused_registration_leaves_nothing_behind():
+    import signal
+    import threading
+
+    g, before = fresh(n=3, group="refusedreg")
+    ready, stop = threading.Event(), threading.Event()
+
+    def blocker():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
+        ready.set()
+        stop.wait(30)
+
+    t = threading.Thread(target=blocker)
+    t.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(pvpatch.BatchRefused, match="block SIGTRAP"):
+            register(g)
+    finally:
+        stop.set()
+        t.join(10)
+    assert unchanged(g, before)
+    assert "refusedreg" not in pvpatch.registry.groups
+    assert not any(m.name == g.desc.name for m in patcher.registry.modules)
+    register(g)  # and it registers once nothing blocks SIGTRAP
+    assert g.call(0) == 0x1001

@@ -173,7 +173,9 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
             alias_delta = _alias_for(text, desc.name)
             for s in runtime + boot:
                 s.alias = s.addr + alias_delta
-        registry.adopt_groups(desc)
+        # A group new to the registry starts at its native variant; a known one at its current.
+        start = {g.name: (registry.groups[g.name].current if g.name in registry.groups
+                          else g.variants[g.native]) for g in desc.groups}
         mod = Module(desc.name, desc, text, alias_delta, runtime, path=path)
         _core.add_known_sites(array("Q", [s.addr for s in runtime + boot]).tobytes())
         ev = PatchEvent(time.time(), {}, kind="register")
@@ -182,8 +184,8 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         res = _apply([(array("Q", [s.addr for s in todo]), array("Q", [s.alias for s in todo]),
                        bytes(s.length for s in todo),
                        b"".join(s.renderings["default"].ljust(16, b"\0") for s in todo),
-                       b"".join(s.renderings[registry.groups[s.group].current].ljust(16, b"\0")
-                                for s in todo))])
+                       b"".join(s.renderings[start[s.group]].ljust(16, b"\0") for s in todo))])
+        registry.adopt_groups(desc)  # only once its sites are patched
         _account(ev, res)
         ev.duration_s = time.perf_counter() - t0
         # Boot records are dropped: those sites are never patched again.  What stays is a note
