@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 
 I = "I"
 VERSIONS = ("O", "N", "P", "Q")     # the site's bytes before batch 1, after batch 1, 2, 3
+# The patcher's syncs: program counter -> (state reached, next step, mutation that skips it).
+SYNCS = {"sync1": (1, "tail", "no_sync1"), "sync2": (2, "first", "no_sync2"),
+         "sync3": (3, "retire", None)}
 MUTATIONS = ("no_sync1", "no_sync2", "no_refs_wait", "helper_no_sync", "first_byte_early",
              "helper_ignores_byte")
 
@@ -91,34 +94,23 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                     return out
                 nxt = (mem, hist, seen, True, refs, 0, b, "int3", threads)
             elif ppc == "int3":
-                if m == "first_byte_early":
-                    mm, hh = write(mem, hist, 0, new)
-                    nxt = (mm, hh, seen, live, refs, st, b, "sync1", threads)
-                else:
-                    mm, hh = write(mem, hist, 0, I) if st < 1 else (mem, hist)
-                    nxt = (mm, hh, seen, live, refs, st, b, "sync1", threads)
-            elif ppc == "sync1":
-                if m == "no_sync1":
-                    nxt = (mem, hist, seen, live, refs, max(st, 1), b, "tail", threads)
+                v = new if m == "first_byte_early" else I
+                mm, hh = write(mem, hist, 0, v) if st < 1 else (mem, hist)
+                nxt = (mm, hh, seen, live, refs, st, b, "sync1", threads)
+            elif ppc in SYNCS:
+                # Step k's sync, then state >= k.  A skipped sync (mutation) still moves on.
+                level, then, skip = SYNCS[ppc]
+                if m == skip:
+                    nxt = (mem, hist, seen, live, refs, max(st, level), b, then, threads)
                 elif sync_ok(threads):
-                    nxt = (mem, hist, synced(hist, len(threads)), live, refs, max(st, 1), b,
-                           "tail", threads)
+                    nxt = (mem, hist, synced(hist, len(threads)), live, refs, max(st, level), b,
+                           then, threads)
             elif ppc == "tail":
                 mm, hh = write(mem, hist, 1, new) if st < 2 else (mem, hist)
                 nxt = (mm, hh, seen, live, refs, st, b, "sync2", threads)
-            elif ppc == "sync2":
-                if m == "no_sync2":
-                    nxt = (mem, hist, seen, live, refs, max(st, 2), b, "first", threads)
-                elif sync_ok(threads):
-                    nxt = (mem, hist, synced(hist, len(threads)), live, refs, max(st, 2), b,
-                           "first", threads)
             elif ppc == "first":
                 mm, hh = write(mem, hist, 0, new) if st < 3 else (mem, hist)
                 nxt = (mm, hh, seen, live, refs, st, b, "sync3", threads)
-            elif ppc == "sync3":
-                if sync_ok(threads):
-                    nxt = (mem, hist, synced(hist, len(threads)), live, refs, 3, b, "retire",
-                           threads)
             elif ppc == "retire":
                 nxt = (mem, hist, seen, False, refs, st, b, "wait", threads)
             elif ppc == "wait":
