@@ -100,7 +100,7 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
             elif ppc in SYNCS:
                 # Step k's sync, then state >= k.  A skipped sync (mutation) still moves on.
                 level, then, skip = SYNCS[ppc]
-                if m == skip:
+                if skip is not None and m == skip:
                     nxt = (mem, hist, seen, live, refs, max(st, level), b, then, threads)
                 elif sync_ok(threads):
                     nxt = (mem, hist, synced(hist, len(threads)), live, refs, max(st, level), b,
