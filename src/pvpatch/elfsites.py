@@ -14,8 +14,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from .descriptor import (ABI_VERSION, MODULE_MAGIC, SECTIONS, SITE_RECORD_SIZE, CGroup,
-                         CModule, COp, SiteRecord, decode_records)
+from .descriptor import (ABI_VERSION, MODULE_MAGIC, SECTIONS, CGroup, CModule, COp,
+                         SiteRecord, decode_records)
 from .errors import ElfError
 
 R_X86_64_64 = 1
@@ -164,5 +164,3 @@ def load_base(path: str, live_text_start: int) -> int:
                 return live_text_start - (seg["p_vaddr"] & ~0xFFF)
     raise ElfError(f"{path}: no executable segment")
 
-
-assert SITE_RECORD_SIZE == 8

@@ -27,6 +27,9 @@ VERSIONS = ("O", "N", "P", "Q")     # the site's bytes before batch 1, after bat
 # The patcher's syncs: program counter -> (state reached, next step, mutation that skips it).
 SYNCS = {"sync1": (1, "tail", "no_sync1"), "sync2": (2, "first", "no_sync2"),
          "sync3": (3, "retire", None)}
+# The handler's steps (complete_site in poke.c): sync k -> raise the state to k -> next.
+HANDLER_SYNCS = {"h_s1": (1, "h_r1"), "h_s2": (2, "h_r2"), "h_s3": (3, "h_r3")}
+HANDLER_RAISES = {"h_r1": (1, "h_tail"), "h_r2": (2, "h_first"), "h_r3": (3, "h_drop")}
 MUTATIONS = ("no_sync1", "no_sync2", "no_refs_wait", "helper_no_sync", "first_byte_early",
              "helper_ignores_byte")
 
@@ -180,17 +183,21 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                     # Reads the entry now: the batch the struct holds, and its state.
                     out.append((f"T{t} handler: reads state {st} of batch {b + 1}",
                                 put(("h_s1", None, None, b, st, ex))))
-            elif pc == "h_s1":
-                if sts < 1 and m != "helper_no_sync":
-                    if sync_ok(threads):
-                        out.append((f"T{t} handler: sync #1", put(
-                            ("h_r1", None, None, hb, sts, ex), seen=synced(hist, len(threads)))))
-                else:
-                    out.append((f"T{t} handler: step 1 done",
-                                put(("h_r1", None, None, hb, sts, ex))))
-            elif pc == "h_r1":
-                out.append((f"T{t} handler: state>=1", put(("h_tail", None, None, hb, sts, ex),
-                                                            st=max(st, 1) if hb == b else st)))
+            elif pc in HANDLER_SYNCS:
+                # The handler's step-k sync (skipped when the state it read says the step was
+                # done, or by the mutation), then state >= k.
+                level, raise_pc = HANDLER_SYNCS[pc]
+                if sts >= level or (m == "helper_no_sync" and level < 3):
+                    out.append((f"T{t} handler: no sync #{level}",
+                                put((raise_pc, None, None, hb, sts, ex))))
+                elif sync_ok(threads):
+                    out.append((f"T{t} handler: sync #{level}", put(
+                        (raise_pc, None, None, hb, sts, ex), seen=synced(hist, len(threads)))))
+            elif pc in HANDLER_RAISES:
+                level, then = HANDLER_RAISES[pc]
+                out.append((f"T{t} handler: state>={level}",
+                            put((then, None, None, hb, sts, ex),
+                                st=max(st, level) if hb == b else st)))
             elif pc == "h_tail":
                 if sts < 2:
                     mm, hh = write(mem, hist, 1, new_of(hb))
@@ -199,16 +206,6 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                 else:
                     out.append((f"T{t} handler: tail done", put(("h_first", None, None, hb, sts,
                                                                   ex))))
-            elif pc == "h_s2":
-                if m == "helper_no_sync":
-                    out.append((f"T{t} handler: (no sync)",
-                                put(("h_r2", None, None, hb, sts, ex))))
-                elif sync_ok(threads):
-                    out.append((f"T{t} handler: sync #2", put(
-                        ("h_r2", None, None, hb, sts, ex), seen=synced(hist, len(threads)))))
-            elif pc == "h_r2":
-                out.append((f"T{t} handler: state>=2", put(("h_first", None, None, hb, sts, ex),
-                                                            st=max(st, 2) if hb == b else st)))
             elif pc == "h_first":
                 if sts < 3:
                     mm, hh = write(mem, hist, 0, new_of(hb))
@@ -216,13 +213,6 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                                 put(("h_s3", None, None, hb, sts, ex), mem=mm, hist=hh)))
                 else:
                     out.append((f"T{t} handler: done", put(("h_drop", None, None, hb, sts, ex))))
-            elif pc == "h_s3":
-                if sync_ok(threads):
-                    out.append((f"T{t} handler: sync #3", put(
-                        ("h_r3", None, None, hb, sts, ex), seen=synced(hist, len(threads)))))
-            elif pc == "h_r3":
-                out.append((f"T{t} handler: state=3", put(("h_drop", None, None, hb, sts, ex),
-                                                           st=3 if hb == b else st)))
             elif pc == "h_drop":
                 out.append((f"T{t} handler: refs-1, rewinds",
                             put(("fetch0", None, None, None, None, ex), refs=refs - 1)))

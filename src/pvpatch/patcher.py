@@ -17,7 +17,7 @@ from typing import Callable
 from . import _core
 from .descriptor import ModuleDesc, capsule_address, read_module
 from .errors import BatchRefused, PvpatchError, RegistryError, syscall_error
-from .registry import Module, Registry, Site
+from .registry import STRIDE, Module, Registry, Site
 
 registry = Registry()
 _lock = threading.RLock()          # serialises registration and runtime_patch
@@ -181,10 +181,13 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         ev = PatchEvent(time.time(), {}, kind="register")
         t0 = time.perf_counter()
         todo = runtime + boot
+
+        def flat(variant_of) -> bytes:
+            return b"".join(s.renderings[variant_of(s)].ljust(STRIDE, b"\0") for s in todo)
+
         res = _apply([(array("Q", [s.addr for s in todo]), array("Q", [s.alias for s in todo]),
-                       bytes(s.length for s in todo),
-                       b"".join(s.renderings["default"].ljust(16, b"\0") for s in todo),
-                       b"".join(s.renderings[start[s.group]].ljust(16, b"\0") for s in todo))])
+                       bytes(s.length for s in todo), flat(lambda s: "default"),
+                       flat(lambda s: start[s.group]))])
         registry.adopt_groups(desc)  # only once its sites are patched
         _account(ev, res)
         ev.duration_s = time.perf_counter() - t0

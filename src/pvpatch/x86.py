@@ -19,7 +19,6 @@ import struct
 MAX_INSN = 15
 CALL_REL32_LEN = 5
 CALL_SLOT_LEN = 6
-INT3 = 0xCC
 CS = 0x2E
 
 # Intel SDM vol. 2B, "Recommended Multi-Byte Sequence of NOP Instruction".
