@@ -12,7 +12,19 @@
  *
  * Level 2 and 3 are the deadlock the RFC fought with self-NMIs and stop_machine: a handler that
  * holds the lock may trap on a site under patch while the patcher's own handler spins for the
- * lock.  Here the trapping handler finishes the site itself and never waits for the patcher.
+ * lock.  Here the trapping handler never waits for the patcher: it runs the site itself.
+ *
+ * Two options put the trap path where ordinary programs put it (issue 8's reproductions):
+ *
+ *   sigblock_thread   one more thread runs every site with every signal blocked
+ *                     (pthread_sigmask(SIG_BLOCK, all) ... sites ... restore, in a loop), as a
+ *                     short critical section that must not be interrupted does;
+ *   fullmask_handler  the SIGUSR1 handler is installed with sigfillset(&sa.sa_mask), so every
+ *                     site call in it runs with every signal blocked.
+ *
+ * A thread that reaches an int3 with SIGTRAP blocked is killed by the kernel, so both need a
+ * patcher that never leaves such a thread an int3 to trap on, or a handler the kernel still
+ * delivers to.  The results are checked like the executors'.
  *
  * The patching itself is driven from Python (runtime_patch); this file only runs threads and
  * counts.  Every wait here is bounded by a stop flag that Python sets.
@@ -44,6 +56,12 @@ static struct {
     _Atomic int running;
     int nexec;
     int nmi_level;
+    int sigblock_thread, fullmask_handler;
+    pthread_t blocker;
+    int blocker_started;
+    _Atomic pid_t blocker_tid;
+    _Atomic unsigned long blocker_calls, blocker_failures, blocker_passes;
+    _Atomic unsigned long handler_seq, handler_masked;
     double signal_hz;
     pthread_t injector;
     int injector_started;
@@ -92,15 +110,21 @@ static int run_site(int i, long salt)
 static void usr1_handler(int sig, siginfo_t *si, void *uc)
 {
     int saved = errno;
-    static _Thread_local unsigned long n;
+    /* A global sequence, not a _Thread_local: the first access to a dlopen'ed module's TLS
+     * goes through __tls_get_addr, which may call malloc, and this handler may have
+     * interrupted malloc. */
+    unsigned long n = atomic_fetch_add_explicit(&st.handler_seq, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&st.signals, 1, memory_order_relaxed);
+    sigset_t cur; /* count the runs with SIGTRAP blocked (fullmask_handler: all of them) */
+    if (pthread_sigmask(SIG_BLOCK, NULL, &cur) == 0 && sigismember(&cur, SIGTRAP) == 1)
+        atomic_fetch_add_explicit(&st.handler_masked, 1, memory_order_relaxed);
     int level = st.nmi_level;
     if (level >= 1) {
         int take = level >= 2;
         if (take) {
             /* The lock only handlers take.  SIGUSR1 is blocked while this handler runs, so it
              * cannot recurse on this thread; other threads' handlers spin.  The holder may trap
-             * on a site under patch: it completes the site itself, so the spin ends. */
+             * on a site under patch: its trap handler never waits, so the spin ends. */
             unsigned spins = 0;
             int expected = 0;
             while (!atomic_compare_exchange_weak_explicit(&st.handler_lock, &expected, 1,
@@ -114,8 +138,8 @@ static void usr1_handler(int sig, siginfo_t *si, void *uc)
             }
             atomic_fetch_add_explicit(&st.lock_acquired, 1, memory_order_relaxed);
         }
-        int i = (int)(n++ % (unsigned long)st_nsites);
-        if (!run_site(i, (long)n * 2654435761L))
+        int i = (int)(n % (unsigned long)st_nsites);
+        if (!run_site(i, (long)(n + 1) * 2654435761L))
             atomic_fetch_add(&st.handler_failures, 1);
         atomic_fetch_add_explicit(&st.handler_calls, 1, memory_order_relaxed);
         if (level >= 3)
@@ -141,6 +165,29 @@ static void *executor_main(void *arg)
     return NULL;
 }
 
+/* The thread that blocks every signal around its site calls (the sigblock_thread option). */
+static void *blocker_main(void *arg)
+{
+    (void)arg;
+    atomic_store(&st.blocker_tid, gettid_());
+    sigset_t all, old;
+    sigfillset(&all);
+    long salt = 104729;
+    while (atomic_load_explicit(&st.running, memory_order_relaxed)) {
+        unsigned long fails = 0;
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        for (int i = 0; i < st_nsites; i++)
+            fails += !run_site(i, salt++);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (fails)
+            atomic_fetch_add_explicit(&st.blocker_failures, fails, memory_order_relaxed);
+        atomic_fetch_add_explicit(&st.blocker_calls, (unsigned long)st_nsites,
+                                  memory_order_relaxed);
+        atomic_fetch_add_explicit(&st.blocker_passes, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
 static void *injector_main(void *arg)
 {
     pid_t pid = getpid();
@@ -160,12 +207,13 @@ static void *injector_main(void *arg)
     return NULL;
 }
 
-/* selftest_start(threads, nmi_level, signal_hz, patcher_tid) */
+/* selftest_start(threads, nmi_level, signal_hz, patcher_tid, sigblock_thread=False,
+ *                fullmask_handler=False) */
 static PyObject *py_selftest_start(PyObject *self, PyObject *args)
 {
-    int n, level, ptid;
+    int n, level, ptid, sigblock = 0, fullmask = 0;
     double hz;
-    if (!PyArg_ParseTuple(args, "iidi", &n, &level, &hz, &ptid))
+    if (!PyArg_ParseTuple(args, "iidi|pp", &n, &level, &hz, &ptid, &sigblock, &fullmask))
         return NULL;
     if (n < 1 || n > MAX_EXECUTORS || level < 0 || level > 3 || hz < 0) {
         PyErr_Format(PyExc_ValueError, "selftest: threads 1..%d, nmi level 0..3, rate >= 0",
@@ -179,7 +227,15 @@ static PyObject *py_selftest_start(PyObject *self, PyObject *args)
     st.nexec = n;
     st.nmi_level = level;
     st.signal_hz = hz;
+    st.sigblock_thread = sigblock;
+    st.fullmask_handler = fullmask;
     atomic_store(&st.patcher_tid, ptid);
+    atomic_store(&st.blocker_tid, 0);
+    atomic_store(&st.blocker_calls, 0);
+    atomic_store(&st.blocker_failures, 0);
+    atomic_store(&st.blocker_passes, 0);
+    atomic_store(&st.handler_seq, 0);
+    atomic_store(&st.handler_masked, 0);
     atomic_store(&st.signals, 0);
     atomic_store(&st.handler_calls, 0);
     atomic_store(&st.handler_failures, 0);
@@ -190,13 +246,16 @@ static PyObject *py_selftest_start(PyObject *self, PyObject *args)
         atomic_store(&st.ex[i].calls, 0);
         atomic_store(&st.ex[i].failures, 0);
     }
-    /* The handler's mask leaves SIGTRAP open: a handler that traps with SIGTRAP blocked is
-     * killed by the kernel. */
+    /* By default the handler's mask leaves SIGTRAP open; fullmask_handler blocks everything,
+     * as a handler written with sigfillset(&sa.sa_mask) does. */
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = usr1_handler;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
+    if (fullmask)
+        sigfillset(&sa.sa_mask);
+    else
+        sigemptyset(&sa.sa_mask);
     if (sigaction(SIGUSR1, &sa, &st.prev_usr1) != 0)
         return core_oserror("sigaction");
     atomic_store(&st.running, 1);
@@ -210,6 +269,18 @@ static PyObject *py_selftest_start(PyObject *self, PyObject *args)
             return core_oserror_errno(err, "pthread_create");
         }
     }
+    st.blocker_started = 0;
+    if (sigblock) {
+        int err = pthread_create(&st.blocker, NULL, blocker_main, NULL);
+        if (err != 0) {
+            atomic_store(&st.running, 0);
+            for (int j = 0; j < n; j++)
+                pthread_join(st.ex[j].thread, NULL);
+            sigaction(SIGUSR1, &st.prev_usr1, NULL);
+            return core_oserror_errno(err, "pthread_create");
+        }
+        st.blocker_started = 1;
+    }
     st.injector_started = 0;
     if (hz > 0) {
         int err = pthread_create(&st.injector, NULL, injector_main, NULL);
@@ -217,6 +288,8 @@ static PyObject *py_selftest_start(PyObject *self, PyObject *args)
             atomic_store(&st.running, 0);
             for (int j = 0; j < n; j++)
                 pthread_join(st.ex[j].thread, NULL);
+            if (st.blocker_started)
+                pthread_join(st.blocker, NULL);
             sigaction(SIGUSR1, &st.prev_usr1, NULL);
             return core_oserror_errno(err, "pthread_create");
         }
@@ -237,13 +310,18 @@ static PyObject *stats(void)
         failures += f;
         PyList_SET_ITEM(per, i, Py_BuildValue("(ikk)", (int)atomic_load(&st.ex[i].tid), c, f));
     }
-    return Py_BuildValue("{s:k,s:k,s:k,s:k,s:k,s:k,s:i,s:l,s:N}", "site_calls", calls,
+    return Py_BuildValue("{s:k,s:k,s:k,s:k,s:k,s:k,s:i,s:l,s:N,s:i,s:k,s:k,s:k,s:k}", "site_calls", calls,
                          "executor_failures", failures, "signals", atomic_load(&st.signals),
                          "handler_calls", atomic_load(&st.handler_calls), "handler_failures",
                          atomic_load(&st.handler_failures), "handler_lock_taken",
                          atomic_load(&st.lock_acquired), "first_failure_site",
                          atomic_load(&st.first_failure_site), "first_failure_value",
-                         atomic_load(&st.first_failure_value), "threads", per);
+                         atomic_load(&st.first_failure_value), "threads", per,
+                         "blocker_tid", (int)atomic_load(&st.blocker_tid), "blocker_calls",
+                         atomic_load(&st.blocker_calls), "blocker_failures",
+                         atomic_load(&st.blocker_failures), "blocker_passes",
+                         atomic_load(&st.blocker_passes), "handler_sigtrap_blocked",
+                         atomic_load(&st.handler_masked));
 }
 
 static PyObject *py_selftest_stats(PyObject *self, PyObject *unused) { return stats(); }
@@ -270,6 +348,8 @@ static PyObject *py_selftest_stop(PyObject *self, PyObject *args)
         err = pthread_timedjoin_np(st.injector, NULL, &dl);
     for (int i = 0; i < st.nexec && err == 0; i++)
         err = pthread_timedjoin_np(st.ex[i].thread, NULL, &dl);
+    if (st.blocker_started && err == 0)
+        err = pthread_timedjoin_np(st.blocker, NULL, &dl);
     Py_END_ALLOW_THREADS
     if (err != 0)
         return core_oserror_errno(err, "pthread_timedjoin_np");
