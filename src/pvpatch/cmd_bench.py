@@ -23,6 +23,8 @@ def run(args) -> int:
         kwargs = {}
         if name == "patch" and args.repeat:
             kwargs["repeat"] = args.repeat
+        if name == "patch" and args.threads:
+            kwargs["threads"] = args.threads
         results[name] = bench.SUITES[name](**kwargs)
         if not args.json:
             fmt = bench.FORMATTERS.get(name)
@@ -38,5 +40,8 @@ def register(sub) -> None:
                                    "in one run.")
     p.add_argument("suite", nargs="*", help=f"suites to run (default: all)")
     p.add_argument("--repeat", type=int, default=0, help="runs per size for the patch suite")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="patch suite: also measure with N idle threads and with N busy threads "
+                        "running the sites being patched")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

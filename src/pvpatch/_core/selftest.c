@@ -362,6 +362,164 @@ static PyObject *py_selftest_stop(PyObject *self, PyObject *args)
     return stats();
 }
 
+/* ---- bench threads (`pvpatch bench patch --threads N`) ------------------------------------
+ * Busy threads call the functions around a set of `selftest.value` sites round robin and check
+ * every result; idle threads only exist (they sleep until told to stop).  Every wait is bounded
+ * by the stop flag. */
+#define MAX_BENCH_THREADS 256
+
+static struct {
+    _Atomic int running;
+    int nbusy, nidle;
+    uintptr_t *fns;
+    size_t nfns;
+    pthread_t threads[MAX_BENCH_THREADS];
+    int started;
+    _Atomic unsigned long calls, failures;
+    _Atomic int alive; /* threads inside their function: glibc has restored their mask */
+} bt;
+
+static void *bench_busy_main(void *arg)
+{
+    size_t k = (size_t)(uintptr_t)arg;
+    unsigned long calls = 0, failures = 0;
+    atomic_fetch_add(&bt.alive, 1);
+    while (atomic_load_explicit(&bt.running, memory_order_relaxed)) {
+        for (int j = 0; j < 64; j++, k++) {
+            st_site_fn fn = (st_site_fn)bt.fns[k % bt.nfns];
+            long r = fn(0, 0);
+            failures += !st_result_valid(PVPATCH_OP_ID(selftest, value), 0, 0, r);
+        }
+        calls += 64;
+    }
+    atomic_fetch_add(&bt.calls, calls);
+    atomic_fetch_add(&bt.failures, failures);
+    return NULL;
+}
+
+static void *bench_idle_main(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {0, 5 * 1000 * 1000};
+    atomic_fetch_add(&bt.alive, 1);
+    while (atomic_load(&bt.running))
+        nanosleep(&ts, NULL);
+    return NULL;
+}
+
+/* Join every started thread within 10 s; 0 or the error of the first join that failed. */
+static int bench_join_all(void)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 10;
+    int err = 0;
+    while (bt.started > 0 && err == 0) {
+        err = pthread_timedjoin_np(bt.threads[bt.started - 1], NULL, &dl);
+        if (err == 0)
+            bt.started--;
+    }
+    return err;
+}
+
+/* bench_threads_start(functions: sequence of addresses, busy, idle) */
+static PyObject *py_bench_threads_start(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    int busy, idle;
+    if (!PyArg_ParseTuple(args, "Oii", &seq, &busy, &idle))
+        return NULL;
+    if (busy < 0 || idle < 0 || busy + idle > MAX_BENCH_THREADS) {
+        PyErr_Format(PyExc_ValueError, "bench threads: busy and idle >= 0, at most %d in all",
+                     MAX_BENCH_THREADS);
+        return NULL;
+    }
+    if (atomic_load(&bt.running) || bt.started > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "bench threads: already running");
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(seq, "bench threads: functions must be a sequence");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (busy > 0 && n == 0) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "bench threads: busy threads need functions");
+        return NULL;
+    }
+    uintptr_t *fns = PyMem_RawMalloc(sizeof(uintptr_t) * (size_t)(n ? n : 1));
+    if (fns == NULL) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        fns[i] = (uintptr_t)PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(fast);
+            PyMem_RawFree(fns);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    PyMem_RawFree(bt.fns);
+    bt.fns = fns;
+    bt.nfns = (size_t)n;
+    bt.nbusy = busy;
+    bt.nidle = idle;
+    atomic_store(&bt.calls, 0);
+    atomic_store(&bt.failures, 0);
+    atomic_store(&bt.alive, 0);
+    atomic_store(&bt.running, 1);
+    bt.started = 0;
+    for (int i = 0; i < busy + idle; i++) {
+        int err = pthread_create(&bt.threads[i], NULL, i < busy ? bench_busy_main : bench_idle_main,
+                                 (void *)(uintptr_t)((size_t)i * 7919));
+        if (err != 0) {
+            atomic_store(&bt.running, 0);
+            bench_join_all();
+            return core_oserror_errno(err, "pthread_create");
+        }
+        bt.started++;
+    }
+    /* Return once every thread runs its function (a thread being born blocks every signal for
+     * a moment; the measurement is of a process whose threads exist), within 10 s. */
+    int alive;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec ms = {0, 1000 * 1000};
+    for (int i = 0; i < 10000 && (alive = atomic_load(&bt.alive)) < busy + idle; i++)
+        nanosleep(&ms, NULL);
+    Py_END_ALLOW_THREADS
+    if (alive < busy + idle) {
+        atomic_store(&bt.running, 0);
+        bench_join_all();
+        PyErr_Format(PyExc_RuntimeError, "bench threads: %d of %d started within 10 s", alive,
+                     busy + idle);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* bench_threads_stop() -> {"calls", "failures"}: busy threads leave within 64 calls, idle ones
+ * within 5 ms; a thread that does not within 10 s is an OSError(ETIMEDOUT). */
+static PyObject *py_bench_threads_stop(PyObject *self, PyObject *unused)
+{
+    if (!atomic_load(&bt.running) && bt.started == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "bench threads: not running");
+        return NULL;
+    }
+    atomic_store(&bt.running, 0);
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = bench_join_all();
+    Py_END_ALLOW_THREADS
+    if (err != 0) {
+        /* bt.started still counts the threads not joined: a later stop retries. */
+        return core_oserror_errno(err, "pthread_timedjoin_np");
+    }
+    return Py_BuildValue("{s:k,s:k}", "calls", atomic_load(&bt.calls), "failures",
+                         atomic_load(&bt.failures));
+}
+
 /* The test hook: run a runtime site, from the patcher, right after it wrote its int3s. */
 static long hook_site(void) { return st_sites[0].fn(1, 2); }
 
@@ -378,5 +536,8 @@ PyMethodDef core_selftest_methods[] = {
     {"selftest_stop", py_selftest_stop, METH_VARARGS, "Stop and join; final counters."},
     {"selftest_hook", py_selftest_hook, METH_NOARGS, "Address of the trap-on-patcher hook."},
     {"gettid", py_gettid, METH_NOARGS, "The calling thread's tid."},
+    {"bench_threads_start", py_bench_threads_start, METH_VARARGS,
+     "Start busy threads calling the given site functions, and idle threads."},
+    {"bench_threads_stop", py_bench_threads_stop, METH_NOARGS, "Stop and join; call counts."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,39 @@
+"""`pvpatch bench patch --threads N`: the same batches alone, with idle threads and with busy
+threads running (and trapping on) the sites being patched."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pvpatch import _core
+
+
+def test_bench_patch_with_threads_reports_every_load_and_three_syncs():
+    out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "bench", "patch", "--repeat", "5",
+                          "--threads", "8", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)["patch"]
+    assert res["cpus"] == os.cpu_count() and len(res["loadavg"]) == 3
+    assert res["threads"] == 8
+    rows = res["rows"]
+    assert [(r["sites"], r["load"]) for r in rows] == [
+        (n, load) for n in (10, 100, 1000, 10000) for load in ("alone", "idle", "busy")]
+    for r in rows:
+        assert r["syncs_per_batch"] == [3], r          # whatever the threads do
+        assert r["min_ms"] <= r["median_ms"] <= r["p99_ms"]
+        assert r["busy_failures"] == 0, r
+        assert (r["busy_calls"] > 0) == (r["load"] == "busy"), r
+    # The busy threads really ran into the batches.
+    assert sum(r["traps_per_batch"] for r in rows if r["load"] == "busy") > 0
+
+
+def test_bench_threads_bad_arguments_start_nothing():
+    with pytest.raises(ValueError, match="busy threads need functions"):
+        _core.bench_threads_start([], 2, 0)
+    with pytest.raises(ValueError, match="at most"):
+        _core.bench_threads_start([], 0, 100000)
+    with pytest.raises(RuntimeError, match="not running"):
+        _core.bench_threads_stop()
