@@ -37,3 +37,23 @@ def test_selftest_with_signals_blocked_passes(opts):
     if res["fullmask_handler"]:
         assert res["handler_site_calls"] > 100
         assert res["handler_runs_sigtrap_blocked"] == res["signals"]
+
+
+def test_bench_patch_three_syncs_per_batch_with_8_threads_trapping():
+    """Issue 8's Done means: 3 syncs per batch also with 8 threads trapping on the sites, and
+    none issued by the trap handlers.  Whether a busy thread runs during a batch is up to the
+    scheduler: up to 5 runs, until some batch saw traps."""
+    traps = 0
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "bench", "patch", "--repeat",
+                              "9", "--threads", "8", "--json"], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        busy = [r for r in json.loads(out.stdout)["patch"]["rows"] if r["load"] == "busy"]
+        for r in busy:
+            assert r["syncs_per_batch"] == [3] and r["handler_syncs_per_batch"] == 0, r
+            assert r["busy_failures"] == 0, r
+        traps += sum(r["traps_per_batch"] for r in busy)
+        if traps:
+            break
+    assert traps > 0, "no busy thread ran into a batch in 5 runs"

@@ -55,6 +55,8 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
             wall, batch, syncs, traps = [], [], set(), 0
             if busy or idle:
                 _core.bench_threads_start(fns, busy, idle)
+            # Syncs issued by trap handlers, where the core counts them (0 where they issue none).
+            hsyncs0 = _core.trap_counters().get("helper_syncs", 0)
             try:
                 for i in range(repeat):
                     variant = ("pv", "alt", "native")[i % 3]
@@ -66,6 +68,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
                     traps += ev.traps
             finally:
                 bt = _core.bench_threads_stop() if busy or idle else {"calls": 0, "failures": 0}
+            hsyncs = _core.trap_counters().get("helper_syncs", 0) - hsyncs0
             pvpatch.runtime_patch({group: "native"})
             row = {"sites": n, "load": load, "threads": busy + idle, "repeat": repeat,
                    "median_ms": statistics.median(wall) * 1e3, "p90_ms": _pct(wall, 0.9) * 1e3,
@@ -73,6 +76,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
                    "batch_median_ms": statistics.median(batch) * 1e3,
                    "batch_p99_ms": _pct(batch, 0.99) * 1e3,
                    "syncs_per_batch": sorted(syncs), "traps_per_batch": traps / repeat,
+                   "handler_syncs_per_batch": hsyncs / repeat,
                    "busy_calls": bt["calls"], "busy_failures": bt["failures"]}
             res["rows"].append(row)
             if progress:
@@ -87,7 +91,8 @@ def format_patch(res: dict) -> str:
         out.append(f"{res['cpus']} CPUs, load average {res['loadavg'][0]:.2f} at start, "
                    f"{res['loadavg_after'][0]:.2f} at end")
     out.append(f"{'sites':>7} {'load':>11} {'median ms':>10} {'p99 ms':>9} {'min ms':>9} "
-               f"{'C batch ms':>11} {'syncs/batch':>12} {'traps/batch':>12}")
+               f"{'C batch ms':>11} {'syncs/batch':>12} {'traps/batch':>12} "
+               f"{'handler syncs/batch':>20}")
     for r in res["rows"]:
         load = r.get("load", "alone")
         if r.get("threads"):
@@ -96,7 +101,8 @@ def format_patch(res: dict) -> str:
                    f"{r.get('p99_ms', r['p90_ms']):>9.3f} {r['min_ms']:>9.3f} "
                    f"{r['batch_median_ms']:>11.3f} "
                    f"{','.join(map(str, r['syncs_per_batch'])):>12} "
-                   f"{r.get('traps_per_batch', 0):>12.1f}")
+                   f"{r.get('traps_per_batch', 0):>12.1f} "
+                   f"{r.get('handler_syncs_per_batch', 0):>20.1f}")
         if r.get("busy_failures"):
             out.append(f"        FAILURES: {r['busy_failures']} wrong results in "
                        f"{r['busy_calls']} site calls")
