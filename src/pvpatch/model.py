@@ -6,14 +6,17 @@ first, and these things are checked in every reachable state:
 - no thread executes a torn instruction (first byte of one version, tail of another; for the
   rel32 path, half of one displacement and half of another), nor starts an instruction at a
   byte that is not an instruction boundary;
-- every instruction a thread executes, fetched or emulated by the trap handler, is one the site
-  may run at that moment: the current version, or the live batch's new version once that batch
-  has written its int3 (before it, the batch has changed nothing and may still be refused);
-  once the batch has returned, only its new version;
-- a trap handler reads only the batch it holds a reference to (no batch is reused while held);
-- the patcher's read-back after each batch finds the new bytes, and a batch never returns,
-  even with an error, leaving the site in a mixed state;
-- no state is stuck (some step is always enabled until everyone is done).
+- every instruction a thread executes, fetched, emulated by the trap handler or run from an
+  out-of-line slot, is one the site may run at that moment: the current version, or the live
+  batch's new version once that batch has written its int3 (or its rel32 store); once the batch
+  has returned, only its new version (a batch that returned an error: its old one; and while no
+  sync has succeeded since, whatever a thread may still hold stale);
+- a trap on an int3 of ours is never taken for a foreign one (that goes to the previous
+  handler: with none, the process dies);
+- the patcher's read-back after each batch finds the new bytes, and no batch returns, even with
+  an error, leaving the site mixed;
+- no state is stuck, and from every state the end stays reachable (no deadlock, no livelock:
+  a thread bouncing between site and slot while the patcher is suspended is one).
 
 The site has a first byte and a tail.  Values: O (before), N (after batch 1), P (after batch 2),
 Q (after batch 3), I (int3).  Memory is modelled as x86 code really behaves for another thread:
@@ -21,25 +24,28 @@ a thread may fetch any value written to a byte since its last serialisation (sta
 bytes), never an older one than it already saw; a sync (membarrier SYNC_CORE) serialises every
 thread, and it can only happen while no thread is between fetching and executing an
 instruction, because the IPI lands on instruction boundaries.  A sync may fail (membarrier
-returns an error, nobody is serialised); the rule is that the patcher retries it.
+returns an error, nobody is serialised): the batch then ends as docs/protocol.md ("A failed
+sync") says: at sync #1 the old first byte goes back and the batch is unpublished; at sync #2 it
+is parked (old tail behind the int3, handlers emulating the old rendering, still live) until the
+next batch syncs, restores the old first byte and unpublishes; at sync #3 it is committed.
 
-The trap handler (poke.c, trap_handler) writes no code and issues no sync.  It loads the live
-batch, takes a reference, checks the batch is still live, and if the site's first byte is int3
-it executes the batch entry's NEW instruction itself; otherwise it rewinds to the site start.
-A `call` or a NOP is executed when the handler has made that check: the entry is immutable
-while held, so from then on the thread is, for every other thread, inside the callee (or past
-the NOP).  An inline rendering runs later, out of line, in a slot of the batch, after the
-handler returns: that is a real execution at a later time, so the slot code drops the
-reference after the instruction and a batch publishes only when no earlier batch is held.
-Batches are reclaimed only when no handler holds them; the patcher never waits for a handler
-while it holds written bytes.
+The trap handler (poke.c, dispatch; rules H1-H5 of docs/protocol.md) writes no code and issues
+no sync.  H1: it loads live_seq, the site's pending word, the site's first byte, live_seq again,
+and starts over if the two differ.  H2: if a batch is live, the pending word carries its
+generation and the first byte is int3, it runs the pending word's instruction: a call (or NOP)
+counts as executed there, since from then on the thread is, for every other thread, inside the
+callee; an inline rendering is run later from its out-of-line slot, which the handler sends the
+thread to after serialising.  H3: a first byte that is not int3: rewind.  H4: a trap on a
+disarmed slot is a trap on its site.  H5: anything else is foreign.  The patcher writes the
+pending word and arms the slot (its first byte becomes the instruction's) before publishing,
+and disarms the slot (int3) after the first byte, before sync #3.
 
 A thread may take a signal at any instruction boundary, including inside the trap handler; the
 signal handler runs the site once (and may trap, nested in the interrupted handler).  The
 patcher's own thread may take one too, while the patcher is suspended.
 
 The rel32 path (`path="rel32"`): a call->call retarget whose rel32 field lies in one aligned
-8-byte word is one aligned store of the field and one sync; no int3, no batch for the handler.
+8-byte word is one aligned store of the field and one sync; no int3, no handler.
 
 Mutations switch off one piece of the protocol each; the tests show the model then finds the
 failure it guards against, so the model is not vacuous.  Each has the configuration under
@@ -55,24 +61,36 @@ C = "C"                             # the rel32 path's opcode byte, never writte
 VERSIONS = ("O", "N", "P", "Q")     # the site's bytes before batch 1, after batch 1, 2, 3
 # The patcher's syncs: program counter -> (sync number, next step, mutation that skips it).
 SYNCS = {"sync1": (1, "tail", "no_sync1"), "sync2": (2, "first", "no_sync2"),
-         "sync3": (3, "unpublish", None), "sync": (1, "readback", "rel32_no_sync")}
-# Where the live batch's new version may run: from its int3 (or its store) to its return.
-OPEN = {"int3": ("sync1", "tail", "sync2", "first", "sync3", "unpublish", "readback"),
-        "rel32": ("store_hi", "sync", "readback")}
-# Program counters where a thread is between instructions (a signal may land there).
-BOUNDARY = ("fetch0", "inner", "h_load", "h_ref", "h_look", "h_recheck", "h_entry", "h_drop",
-            "h_slot")
+         "sync3": (3, "unpublish", None), "sync": (1, "readback", "rel32_no_sync"),
+         "unpark_sync": (0, "unpark_first", None)}
+# Where the batch's new version may run: during the call (runtime_patch's contract: either
+# version while it runs), that is from step 0 to its return; strict: only from its int3 (or its
+# store) on.
+CLOSED = ("publish", "done")
+STRICT_OPEN = {"int3": ("sync1", "tail", "sync2", "first", "first_late", "disarm", "sync3",
+                        "unpublish",
+                        "readback", "rb_first", "rb_disarm", "rb_unpublish", "park_tail",
+                        "park_disarm", "park_pending"),
+               "rel32": ("store_hi", "sync", "readback")}
+# Program counters where a thread is between instructions (a signal or a sync may land there).
+BOUNDARY = ("fetch0", "inner", "slot", "h_seq1", "h_pend", "h_byte", "h_seq2")
 KINDS = ("call", "inline")
 PATHS = ("int3", "rel32")
-MUTATIONS = ("no_sync1", "no_sync2", "first_byte_early", "no_int3_check", "int3_check_late",
-             "emulate_old",
-             "reclaim_held", "no_drain", "two_insn_default", "sync_failure_ignored",
-             "sync_failure_gives_up", "handler_waits", "rel32_torn_store", "rel32_no_sync")
+MUTATIONS = ("no_sync1", "no_sync2", "first_byte_early", "no_int3_check", "no_seqlock",
+             "emulate_old", "park_emulates_new", "no_disarm", "disarm_before_first", "two_insn_default",
+             "sync_failure_ignored", "sync_failure_gives_up", "handler_waits",
+             "rel32_torn_store", "rel32_no_sync")
 # The smallest configuration under which each mutation shows (all else as check()'s defaults).
 MUTATION_CONFIG = {
-    "int3_check_late": {"executors": 1, "batches": 3, "executions": 3},
-    "emulate_old": {"kind": "inline"},
-    "no_drain": {"kind": "inline", "executors": 1},
+    "no_int3_check": {"strict": True},
+    "no_seqlock": {"executors": 1, "batches": 3, "executions": 3},
+    "emulate_old": {"kind": "inline", "executors": 1, "executions": 1, "patcher_signals": 1},
+    "park_emulates_new": {"executors": 1, "sync_failures": 1},
+    "sync_failure_ignored": {"executors": 1, "sync_failures": 1},
+    "sync_failure_gives_up": {"executors": 1, "sync_failures": 1},
+    "no_disarm": {"kind": "inline", "executors": 1},
+    "disarm_before_first": {"kind": "inline", "executors": 1, "executions": 1,
+                            "patcher_signals": 1},
     "handler_waits": {"executors": 1, "executions": 1, "patcher_signals": 1},
     "rel32_torn_store": {"path": "rel32"},
     "rel32_no_sync": {"path": "rel32"},
@@ -97,15 +115,16 @@ class Result:
 def check(executors: int = 2, batches: int = 2, executions: int = 2,
           mutation: str | None = None, max_states: int = 3_000_000, *,
           kind: str = "call", path: str = "int3", signals: int = 0, patcher_signals: int = 0,
-          sync_failures: int = 1) -> Result:
+          sync_failures: int = 0, strict: bool = False) -> Result:
     """Explore every interleaving; return the number of states and the violations found (each
     with the trace of steps that reaches it).
 
-    kind: how the handler runs the new version ("call": at its check; "inline": later, in the
-    out-of-line slot).  path: "int3" (the three-step batch) or "rel32" (one aligned store).
+    kind: how the handler runs the new version ("call": at its decision; "inline": later, from
+    the out-of-line slot).  path: "int3" (the three-step batch) or "rel32" (one aligned store).
     signals: signals each executor takes (each runs the site once, nested where it lands);
     patcher_signals: the same for the patcher's thread.  sync_failures: syncs that may fail in
-    one run (each is retried)."""
+    one run.  strict: a batch's new version may run only from its int3 on, not from the start
+    of the call."""
     if not 1 <= batches < len(VERSIONS):
         raise ValueError(f"batches must be 1..{len(VERSIONS) - 1}")
     if mutation is not None and mutation not in MUTATIONS:
@@ -118,30 +137,36 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
         raise ValueError("executors must be >= 1, the other counts >= 0")
     m = mutation
     rel32 = path == "rel32"
+    inline = kind == "inline" and not rel32
 
-    # State: (mem, hist, seen, structs, live, batch, ppc, fails, actors)
-    #   mem[p]      current value of byte p (0: first byte, 1: tail; for rel32 the tail is the
-    #               displacement, two letters: its low and high halves)
+    # State: (mem, hist, seen, seq, pend, batch, ppc, fails, stale, parked, actors)
+    #   mem[p]      current value of byte p: 0 the site's first byte, 1 its tail (for rel32 the
+    #               displacement, two letters: its low and high halves), 2.. the first byte of
+    #               the out-of-line slot of N, P, Q (inline: armed = the version, disarmed = I)
     #   hist[p]     values byte p has held, oldest first
     #   seen[a][p]  oldest index in hist[p] actor a may still fetch
-    #   structs[i]  (batch it holds, references) of batch struct i; live: the published one
+    #   seq         live_seq (odd: a batch is live); pend the site's pending word (gen, version)
     #   batch       index of the patcher's current batch; ppc its program counter
     #   fails       syncs that may still fail
+    #   stale       a version threads may still run after a failed sync, until a sync succeeds
+    #   parked      the batch parked after a failed sync #2 (live until the next batch)
     #   actors[a]   (frames, execs, signals left); the last actor is the patcher's thread, whose
     #               frames are signal frames only (the patcher runs when it has none)
-    #   frame       (pc, fetched0, fetched1, struct held, batch held, version to run)
+    #   frame       (pc, fetched0, fetched1, x, y, z): x, y, z per pc (the handler's snapshot;
+    #               the slot's version)
     def whole(v):
         return v + v if rel32 else v
 
-    def version(v):
-        return v[0] if rel32 else v
+    def slot(v):
+        return 1 + VERSIONS.index(v)
 
-    mem0 = (C if rel32 else "O", whole("O"))
-    hist0 = ((mem0[0],), (mem0[1],))
+    nslots = len(VERSIONS) - 1 if inline else 0
+    mem0 = (C if rel32 else "O", whole("O")) + (I,) * nslots
+    hist0 = tuple((v,) for v in mem0)
     base = ("fetch0", None, None, None, None, None)
     actors0 = tuple(((base,), 0, signals) for _ in range(executors)) + (((), 0, patcher_signals),)
-    seen0 = tuple((0, 0) for _ in actors0)
-    start = (mem0, hist0, seen0, (), -1, 0, "publish", sync_failures, actors0)
+    seen0 = tuple((0,) * len(mem0) for _ in actors0)
+    start = (mem0, hist0, seen0, 0, None, 0, "publish", sync_failures, None, False, actors0)
     PAT = executors  # index of the patcher's thread among the actors
 
     def write(state_mem, state_hist, p, v):
@@ -152,20 +177,23 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
         return tuple(mem), tuple(hist)
 
     def sync_ok(actors):
-        return all(not fr or fr[-1][0] not in ("fetch1", "exec") for fr, _, _ in actors)
+        return all(not fr or fr[-1][0] not in ("fetch1", "exec", "slot_exec")
+                   for fr, _, _ in actors)
 
-    def synced(hist, n):
-        return tuple(tuple(len(h) - 1 for h in hist) for _ in range(n))
+    def latest(hist):
+        return tuple(len(h) - 1 for h in hist)
 
-    def may_run(b, ppc):
+    def may_run(b, ppc, stale):
         ok = {VERSIONS[min(b, batches)]}
-        if ppc in OPEN[path]:
+        if ppc in STRICT_OPEN[path] if strict else ppc not in CLOSED:
             ok.add(VERSIONS[b + 1])
+        if stale:
+            ok.add(stale)
         return ok
 
-    def run_check(who, v, b, ppc, how):
+    def run_check(who, v, b, ppc, stale, how):
         """None, or the violation of running version v now."""
-        allowed = may_run(b, ppc)
+        allowed = may_run(b, ppc, stale)
         if v in allowed:
             return None
         if ppc == "done" or ppc == "publish" and b:
@@ -176,85 +204,141 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                 f"{'/'.join(sorted(allowed))}: {when}")
 
     def successors(s):
-        mem, hist, seen, structs, live, b, ppc, fails, actors = s
+        mem, hist, seen, seq, pend, b, ppc, fails, stale, parked, actors = s
         out = []
+
+        def pat(ppc2, *, mem=mem, hist=hist, seen=seen, seq=seq, pend=pend, b=b, fails=fails,
+                stale=stale, parked=parked):
+            return (mem, hist, seen, seq, pend, b, ppc2, fails, stale, parked, actors)
+
         # ---- the patcher -----------------------------------------------------------------
         if ppc != "done" and not actors[PAT][0]:
             old, new = VERSIONS[b], VERSIONS[b + 1]
             nxt = None
             label = f"patcher {ppc} (batch {b + 1})"
-            if ppc == "publish":
-                if mem != (mem0[0] if rel32 else old, whole(old)):
-                    out.append(("VIOLATION", f"batch {b + 1}: validation found {mem}"))
+            if ppc == "publish" and parked:
+                nxt = pat("unpark_sync")
+                label = f"patcher finds batch {b + 1} parked: restores it first"
+            elif ppc == "publish":
+                # Step 0: validate; pending word and slot, then publish.
+                if mem[:2] != (mem0[0] if rel32 else old, whole(old)):
+                    out.append(("VIOLATION", f"batch {b + 1}: validation found {mem[:2]}"))
                     return out
                 if rel32:
-                    nxt = (mem, hist, seen, structs, live, b,
-                           "store_lo" if m == "rel32_torn_store" else "store", fails, actors)
-                elif kind == "inline" and m != "no_drain" and any(r for _, r in structs):
-                    pass  # an inline slot of an earlier batch may still run: wait (writes nothing)
+                    nxt = pat("store_lo" if m == "rel32_torn_store" else "store")
                 else:
-                    # Reclaim a struct no handler holds (reclaim_held: the first, held or not),
-                    # else a new one.
-                    free = [i for i, (_, r) in enumerate(structs)
-                            if m == "reclaim_held" or r == 0]
-                    st = list(structs)
-                    if free:
-                        i = free[0]
-                        st[i] = (b, st[i][1])
-                    else:
-                        i = len(st)
-                        st.append((b, 0))
-                    label += f": struct {i}"
-                    nxt = (mem, hist, seen, tuple(st), i, b, "int3", fails, actors)
+                    mm, hh = write(mem, hist, slot(new), new) if inline else (mem, hist)
+                    nxt = pat("publish2", mem=mm, hist=hh, pend=(seq + 1, new))
+                    label += ": pending word" + (", arms the slot" if inline else "")
+            elif ppc == "publish2":
+                nxt = pat("int3", seq=seq + 1)
+                label = f"patcher publishes (batch {b + 1})"
             elif ppc == "int3":
                 mm, hh = write(mem, hist, 0, new if m == "first_byte_early" else I)
-                nxt = (mm, hh, seen, structs, live, b, "sync1", fails, actors)
+                nxt = pat("sync1", mem=mm, hist=hh)
             elif ppc in SYNCS:
                 k, then, skip = SYNCS[ppc]
+                name = f"sync #{k}" if k else "its first sync"
                 if skip is not None and m == skip:
-                    nxt = (mem, hist, seen, structs, live, b, then, fails, actors)
-                    label = f"patcher skips sync #{k} (batch {b + 1})"
+                    nxt = pat(then)
+                    label = f"patcher skips {name} (batch {b + 1})"
                 elif sync_ok(actors):
-                    nxt = (mem, hist, synced(hist, len(actors)), structs, live, b, then, fails,
-                           actors)
+                    nxt = pat(then, seen=tuple(latest(hist) for _ in actors), stale=None)
+                    label = f"patcher {name} (batch {b + 1})"
                 if fails:
-                    # membarrier fails: nobody is serialised.  The rule: retry.
-                    flabel = f"patcher sync #{k} fails (batch {b + 1})"
+                    flabel = f"patcher {name} fails (batch {b + 1})"
                     if m == "sync_failure_ignored":
-                        out.append((flabel + ", ignored", (mem, hist, seen, structs, live, b,
-                                                           then, fails - 1, actors)))
-                    elif m == "sync_failure_gives_up":
-                        if mem[0] != mem[1] and not rel32 or rel32 and mem[1] != whole(new):
-                            out.append(("VIOLATION", f"batch {b + 1} gives up after a failed "
-                                        f"sync #{k} and leaves the site as {mem}"))
-                            return out
-                    else:
-                        out.append((flabel + ", retried", (mem, hist, seen, structs, live, b,
-                                                           ppc, fails - 1, actors)))
+                        out.append((flabel + ", ignored", pat(then, fails=fails - 1)))
+                    elif m == "sync_failure_gives_up" and ppc == "sync2":
+                        out.append(("VIOLATION", f"batch {b + 1} gives up after a failed "
+                                    f"sync #2 and leaves the site as {mem[:2]}"))
+                        return out
+                    elif ppc == "sync1":
+                        out.append((flabel + ": rolls back", pat("rb_first", fails=fails - 1)))
+                    elif ppc == "sync2":
+                        out.append((flabel + ": parks", pat("park_tail", fails=fails - 1)))
+                    elif ppc == "unpark_sync":
+                        # Raises and changes nothing; the batch stays parked.
+                        out.append((flabel + ": raises, still parked",
+                                    pat("publish", fails=fails - 1)))
+                    else:  # sync #3, the rel32 sync: committed, reported
+                        out.append((flabel + ": committed, raises",
+                                    pat(then, fails=fails - 1, stale=old if rel32 else stale)))
+            elif ppc == "rb_first":
+                mm, hh = write(mem, hist, 0, old)
+                nxt = pat("rb_disarm", mem=mm, hist=hh)
+                label = f"patcher writes the old first byte back (batch {b + 1})"
+            elif ppc == "rb_disarm":
+                mm, hh = write(mem, hist, slot(new), I) if inline else (mem, hist)
+                nxt = pat("rb_unpublish", mem=mm, hist=hh)
+            elif ppc == "rb_unpublish":
+                # Returns the error; the caller tries the same batch again.  A thread sent to
+                # the slot may still fetch it armed: nothing was synced.
+                if mem[:2] != (old, old):
+                    out.append(("VIOLATION", f"batch {b + 1} returns an error leaving the site "
+                                f"as {mem[:2]}"))
+                    return out
+                nxt = pat("publish", seq=seq + 1, pend=None,
+                          stale=new if inline else stale)
+                label = f"patcher unpublishes, raises (batch {b + 1})"
+            elif ppc == "park_tail":
+                mm, hh = write(mem, hist, 1, old)
+                nxt = pat("park_disarm", mem=mm, hist=hh)
+                label = f"patcher writes the old tail back behind the int3 (batch {b + 1})"
+            elif ppc == "park_disarm":
+                mm, hh = write(mem, hist, slot(new), I) if inline else (mem, hist)
+                nxt = pat("park_pending", mem=mm, hist=hh)
+            elif ppc == "park_pending":
+                v = new if m == "park_emulates_new" else old
+                mm, hh = mem, hist
+                if inline and v != "O":
+                    mm, hh = write(mem, hist, slot(v), v)
+                nxt = pat("publish", mem=mm, hist=hh, pend=(seq, v), parked=True,
+                          stale=new if inline else stale)
+                label = (f"patcher: pending word emulates {v}, batch parked, raises "
+                         f"(batch {b + 1})")
+            elif ppc == "unpark_first":
+                mm, hh = write(mem, hist, 0, old)
+                nxt = pat("unpark_unpublish", mem=mm, hist=hh)
+                label = f"patcher writes the old first byte (parked batch {b + 1})"
+            elif ppc == "unpark_unpublish":
+                mm, hh = mem, hist
+                if inline and pend and pend[1] != "O":
+                    mm, hh = write(mem, hist, slot(pend[1]), I)
+                nxt = pat("publish", mem=mm, hist=hh, seq=seq + 1, pend=None, parked=False)
+                label = f"patcher disarms, unpublishes the parked batch {b + 1}"
             elif ppc == "tail":
                 mm, hh = write(mem, hist, 1, new)
-                nxt = (mm, hh, seen, structs, live, b, "sync2", fails, actors)
-            elif ppc == "first":
+                nxt = pat("sync2", mem=mm, hist=hh)
+            elif ppc == "first" and inline and m == "disarm_before_first":
+                mm, hh = write(mem, hist, slot(new), I)
+                nxt = pat("first_late", mem=mm, hist=hh)
+                label = f"patcher disarms the slot before the first byte (batch {b + 1})"
+            elif ppc in ("first", "first_late"):
                 mm, hh = write(mem, hist, 0, new)
-                nxt = (mm, hh, seen, structs, live, b, "sync3", fails, actors)
+                nxt = pat("disarm" if ppc == "first" else "sync3", mem=mm, hist=hh)
+            elif ppc == "disarm":
+                mm, hh = mem, hist
+                if inline and m not in ("no_disarm", "disarm_before_first"):
+                    mm, hh = write(mem, hist, slot(new), I)
+                nxt = pat("sync3", mem=mm, hist=hh)
             elif ppc == "store":
                 mm, hh = write(mem, hist, 1, whole(new))
-                nxt = (mm, hh, seen, structs, live, b, "sync", fails, actors)
+                nxt = pat("sync", mem=mm, hist=hh)
             elif ppc == "store_lo":
                 mm, hh = write(mem, hist, 1, new + old)
-                nxt = (mm, hh, seen, structs, live, b, "store_hi", fails, actors)
+                nxt = pat("store_hi", mem=mm, hist=hh)
             elif ppc == "store_hi":
                 mm, hh = write(mem, hist, 1, whole(new))
-                nxt = (mm, hh, seen, structs, live, b, "sync", fails, actors)
+                nxt = pat("sync", mem=mm, hist=hh)
             elif ppc == "unpublish":
-                nxt = (mem, hist, seen, structs, -1, b, "readback", fails, actors)
+                nxt = pat("readback", seq=seq + 1, pend=None)
             elif ppc == "readback":
-                if mem != (mem0[0] if rel32 else new, whole(new)):
-                    out.append(("VIOLATION", f"batch {b + 1}: read back {mem}"))
+                if mem[:2] != (mem0[0] if rel32 else new, whole(new)):
+                    out.append(("VIOLATION", f"batch {b + 1}: read back {mem[:2]}"))
                     return out
                 nb = b + 1
-                nxt = (mem, hist, seen, structs, live, nb,
-                       "publish" if nb < batches else "done", fails, actors)
+                nxt = pat("publish" if nb < batches else "done", b=nb)
                 label = f"patcher reads back, returns (batch {b + 1})"
             if nxt is not None:
                 out.append((label, nxt))
@@ -263,8 +347,8 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
         for a, (frames, ex, sigs) in enumerate(actors):
             who = f"T{a}" if a != PAT else "patcher's thread"
 
-            def put(frame, *, mem=mem, hist=hist, seen=seen, structs=structs, pop=False,
-                    push=None, ex=ex, sigs=sigs):
+            def put(frame, *, mem=mem, hist=hist, seen=seen, pop=False, push=None, ex=ex,
+                    sigs=sigs):
                 fr = list(frames)
                 if pop:
                     fr.pop()
@@ -274,7 +358,7 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                     fr.append(push)
                 acts = list(actors)
                 acts[a] = (tuple(fr), ex, sigs)
-                return (mem, hist, seen, structs, live, b, ppc, fails, tuple(acts))
+                return (mem, hist, seen, seq, pend, b, ppc, fails, stale, parked, tuple(acts))
 
             def finished(**kw):
                 """One execution of the site done: a signal frame returns, a base frame goes
@@ -285,204 +369,211 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                 return put(("fetch0" if nex < executions else "done",) + (None,) * 5, ex=nex,
                            **kw)
 
+            def fetched(p, idx):
+                sn = list(seen)
+                row = list(sn[a])
+                row[p] = idx
+                sn[a] = tuple(row)
+                return tuple(sn)
+
+            def violation(what):
+                out.append(("VIOLATION", what))
+                return out
+
             if not frames:
                 if a == PAT and sigs and ppc != "done":
                     out.append((f"{who} takes a signal; its handler runs the site",
                                 put(None, push=base, sigs=sigs - 1)))
                 continue
-            pc, f0, f1, hs, hb, ver = frames[-1]
+            pc, f0, f1, x, y, z = frames[-1]
             if pc == "done":
                 continue
             if sigs and pc in BOUNDARY and (a != PAT or ppc != "done"):
                 out.append((f"{who} takes a signal at {pc}; its handler runs the site",
                             put(None, push=base, sigs=sigs - 1)))
-            if pc in ("fetch0", "fetch1", "inner"):
-                p = 0 if pc == "fetch0" else 1
+            if pc in ("fetch0", "fetch1", "inner", "slot"):
+                p = {"fetch0": 0, "fetch1": 1, "inner": 1, "slot": None}[pc]
+                if p is None:
+                    p = slot(x)
                 for idx in range(seen[a][p], len(hist[p])):
-                    sn = list(seen)
-                    row = list(sn[a])
-                    row[p] = idx
-                    sn[a] = tuple(row)
                     v = hist[p][idx]
+                    sn = fetched(p, idx)
                     label = f"{who} fetches byte {p} = {v}"
-                    if pc == "inner":
+                    if pc == "slot":
+                        if v == I:
+                            out.append((f"{who} fetches the slot of {x}: int3 (disarmed), traps",
+                                        put(("h_seq1", None, "slot", None, None, None),
+                                            seen=sn)))
+                        else:
+                            out.append((f"{who} fetches the slot of {x}: armed",
+                                        put(("slot_exec", None, None, x, None, None), seen=sn)))
+                    elif pc == "inner":
                         if v != "O":
-                            out.append(("VIOLATION", f"{who} resumes at the inner boundary of "
-                                        f"the default rendering and executes the middle of "
-                                        f"version {v} (byte 1 as an instruction start)"))
-                            return out
-                        bad = run_check(who, "O", b, ppc, "executes")
+                            return violation(f"{who} resumes at the inner boundary of the "
+                                             f"default rendering and executes the middle of "
+                                             f"version {v} (byte 1 as an instruction start)")
+                        bad = run_check(who, "O", b, ppc, stale, "executes")
                         if bad:
-                            out.append(("VIOLATION", bad))
-                            return out
+                            return violation(bad)
                         out.append((f"{who} executes the default's call (version O)",
-                                    finished(seen=tuple(sn))))
+                                    finished(seen=sn)))
                     elif p == 0 and v == "O" and m == "two_insn_default":
                         # The default as NOPs, then call: the NOPs are one instruction.
                         out.append((label + ", executes the NOPs: inner boundary",
-                                    put(("inner", None, None, None, None, None),
-                                        seen=tuple(sn))))
+                                    put(("inner",) + (None,) * 5, seen=sn)))
                     elif p == 0:
-                        out.append((label, put(("fetch1", v, None, None, None, None),
-                                               seen=tuple(sn))))
+                        out.append((label, put(("fetch1", v, None, None, None, None), seen=sn)))
                     else:
-                        out.append((label, put(("exec", f0, v, None, None, None),
-                                               seen=tuple(sn))))
+                        out.append((label, put(("exec", f0, v, None, None, None), seen=sn)))
             elif pc == "exec":
                 if f0 == I:
-                    out.append((f"{who} traps", put(("h_load",) + (None,) * 5)))
+                    out.append((f"{who} traps", put(("h_seq1",) + (None,) * 5)))
                 elif rel32 and f1[0] != f1[1] or not rel32 and f0 != f1:
                     what = (f"displacement halves {f1[0]}/{f1[1]}" if rel32
                             else f"first byte {f0}, tail {f1}")
-                    out.append(("VIOLATION", f"{who} executes a torn site: {what}"))
-                    return out
+                    return violation(f"{who} executes a torn site: {what}")
                 else:
-                    v = version(f1)
-                    bad = run_check(who, v, b, ppc, "executes")
+                    v = f1[0] if rel32 else f1
+                    bad = run_check(who, v, b, ppc, stale, "executes")
                     if bad:
-                        out.append(("VIOLATION", bad))
-                        return out
+                        return violation(bad)
                     out.append((f"{who} executes version {v}", finished()))
-            # The trap handler: load the live batch, take a reference, check it is still live,
-            # look at the first byte; run the entry's new instruction or rewind.
-            elif pc == "h_load":
-                if live < 0:
-                    out.append((f"{who} handler: no live batch, rewinds",
-                                put(base)))
-                else:
-                    out.append((f"{who} handler: loads live batch (struct {live})",
-                                put(("h_ref", None, None, live, None, None))))
-            elif pc == "h_ref":
-                st = list(structs)
-                st[hs] = (st[hs][0], st[hs][1] + 1)
-                then = "h_recheck" if m == "int3_check_late" else "h_look"
-                out.append((f"{who} handler: refs+1 on struct {hs}",
-                            put((then, None, None, hs, structs[hs][0], None),
-                                structs=tuple(st))))
-            elif pc == "h_look" and m != "int3_check_late":
-                # Read the first byte while holding the reference, before the re-check: a
-                # held struct is never published again once unpublished, so if it is still
-                # live at the re-check, it was live when this byte was read, and an int3 then
-                # was its own (every earlier batch ended with its new first byte in place).
-                out.append((f"{who} handler: first byte is {mem[0]}",
-                            put(("h_recheck", mem[0], None, hs, hb, None))))
-            elif pc == "h_recheck" and m == "int3_check_late":
-                if live != hs:
-                    out.append((f"{who} handler: struct {hs} no longer live",
-                                put(("h_drop", None, None, hs, None, None))))
-                else:
-                    out.append((f"{who} handler: struct {hs} live (batch {structs[hs][0] + 1})",
-                                put(("h_look", None, None, hs, structs[hs][0], None))))
-            elif pc in ("h_recheck", "h_look"):
-                # The decision, made at the handler's last look at shared state (the re-check;
-                # int3_check_late: the first byte, read after it).
-                if pc == "h_recheck":
-                    byte, what = f0, f"struct {hs} still live"
-                    if structs[hs][0] != hb:
-                        # Only reclaim_held gets here: the struct this handler holds since
-                        # batch hb has been reused.
-                        what += (f", but reused for batch {structs[hs][0] + 1} while held since "
-                                 f"batch {hb + 1}")
-                    hb = structs[hs][0]
-                    if live != hs:
-                        out.append((f"{who} handler: struct {hs} no longer live",
-                                    put(("h_drop", None, None, hs, None, None))))
-                        continue
-                else:
-                    byte, what = mem[0], f"first byte is {mem[0]}"
-                if m == "no_int3_check":
-                    byte = I
-                if m == "handler_waits" and live == hs:
-                    pass  # waits for the batch to end (the RFC's handler): no step
-                elif byte != I:
-                    # An int3 of an earlier batch, seen late, or this batch's first byte is
-                    # already new: rewind and fetch again.
-                    out.append((f"{who} handler: {what}, site held {byte}, not int3: rewind",
-                                put(("h_drop", None, None, hs, hb, None))))
-                else:
-                    # From here the thread runs batch hb's entry.  A call (or NOP) counts as
-                    # executed now: the entry is immutable while held, and a thread that has
-                    # decided is, for every other thread, inside the callee.
-                    v = VERSIONS[hb] if m == "emulate_old" else VERSIONS[hb + 1]
-                    if kind == "call":
-                        bad = run_check(who, v, b, ppc, "handler emulates")
-                        if bad:
-                            if "reused" in what:
-                                bad += f" ({what})"
-                            out.append(("VIOLATION", bad))
-                            return out
-                    out.append((f"{who} handler: {what}, int3 of batch {hb + 1}: runs its entry",
-                                put(("h_entry", None, None, hs, hb, None))))
-            elif pc == "h_entry":
-                cb = structs[hs][0]
-                v = VERSIONS[cb] if m == "emulate_old" else VERSIONS[cb + 1]
-                if cb != hb:
-                    out.append(("VIOLATION", f"{who} handler holds batch {hb + 1} but reads "
-                                f"batch {cb + 1}'s entry from struct {hs}, reclaimed while "
-                                f"held: it runs version {v}"))
-                    return out
-                if kind == "inline":
-                    out.append((f"{who} handler: reads the entry, returns into the out-of-line "
-                                f"slot of version {v}", put(("h_slot", None, None, hs, hb, v))))
-                else:
-                    out.append((f"{who} handler: reads the entry, emulates the call of version "
-                                f"{v}", put(("h_drop", None, None, hs, hb, v))))
-            elif pc == "h_slot":
-                bad = run_check(who, ver, b, ppc, "runs out of line")
+            elif pc == "slot_exec":
+                bad = run_check(who, x, b, ppc, stale, "runs from the slot")
                 if bad:
-                    out.append(("VIOLATION", bad))
-                    return out
-                st = list(structs)
-                st[hs] = (st[hs][0], st[hs][1] - 1)
-                out.append((f"{who} runs version {ver} out of line; the slot drops the reference",
-                            finished(structs=tuple(st))))
-            elif pc == "h_drop":
-                st = list(structs)
-                st[hs] = (st[hs][0], st[hs][1] - 1)
-                if ver is None:
-                    out.append((f"{who} handler: refs-1, rewinds",
-                                put(base, structs=tuple(st))))
+                    return violation(bad)
+                out.append((f"{who} runs version {x} from the slot, jumps to the site end",
+                            finished()))
+            # The trap handler, H1: live_seq, pending word, first byte, live_seq again.
+            # (f1 == "slot": the trap was on a disarmed slot, H4.)  f0 collects the versions the
+            # site may run at the instants of these loads: a snapshot taken with no publish or
+            # unpublish in between held at one of them (the pending word and the first byte
+            # each change at most once in one generation, the byte to int3 before the word),
+            # so the call the handler emulates takes effect there (linearisation point).
+            elif pc == "h_seq1":
+                ok = "".join(sorted(may_run(b, ppc, stale)))
+                out.append((f"{who} handler: live_seq = {seq}",
+                            put(("h_pend", ok, f1, seq, None, None))))
+            elif pc == "h_pend":
+                ok = "".join(sorted(set(f0) | may_run(b, ppc, stale)))
+                out.append((f"{who} handler: pending word = {pend}",
+                            put(("h_byte", ok, f1, x, pend, None))))
+            elif pc == "h_byte":
+                ok = "".join(sorted(set(f0) | may_run(b, ppc, stale)))
+                out.append((f"{who} handler: first byte = {mem[0]}",
+                            put(("h_seq2", ok, f1, x, y, mem[0]))))
+            elif pc == "h_seq2":
+                s1, pw, byte = x, y, z
+                if seq != s1 and m != "no_seqlock":
+                    out.append((f"{who} handler: live_seq = {seq}, changed: again",
+                                put(("h_seq1", None, f1, None, None, None))))
+                    continue
+                live = s1 % 2 == 1 and pw is not None and pw[0] == s1
+                if m == "handler_waits" and live and seq == s1:
+                    continue  # waits for the batch to end (the RFC's handler): no step
+                if live and (byte == I or m == "no_int3_check"):
+                    # H2.  The decision: the pending word's version runs in the thread's place.
+                    v = VERSIONS[b] if m == "emulate_old" else pw[1]
+                    if inline and v != "O":
+                        sn = list(seen)
+                        sn[a] = latest(hist)  # serialise (cpuid), then RIP = slot
+                        out.append((f"{who} handler: H2, serialises, sends the thread to the "
+                                    f"slot of {v}", put(("slot", None, None, v, None, None),
+                                                        seen=tuple(sn))))
+                    elif v not in set(f0) | may_run(b, ppc, stale):
+                        return violation(run_check(who, v, b, ppc, stale, "handler emulates")
+                                         + f" (and only {'/'.join(f0)} during its snapshot)")
+                    else:
+                        out.append((f"{who} handler: H2, emulates the call of version {v}",
+                                    finished()))
+                elif byte != I or f1 == "slot":
+                    why = "H3, site whole" if byte != I else "H4, site int3 not ours"
+                    out.append((f"{who} handler: {why}: rewinds", put(base)))
                 else:
-                    out.append((f"{who} handler: refs-1, returns into version {ver}",
-                                finished(structs=tuple(st))))
+                    return violation(f"{who} handler: an int3 of ours, but no live batch holds "
+                                     f"the site (live_seq {s1}, pending word {pw}): taken as "
+                                     f"foreign, the process dies of SIGTRAP")
         return out
 
     def final(s):
-        return s[6] == "done" and all(not fr or fr[-1][0] == "done" for fr, _, _ in s[8])
+        return s[6] == "done" and all(not fr or fr[-1][0] == "done" for fr, _, _ in s[10])
 
     return _search(start, successors, final, max_states, mutation)
 
 
 def _search(start, successors, final, max_states, mutation=None) -> Result:
-    """Breadth first over every reachable state; stop at the first violation, with the trace."""
-    parent: dict = {start: None}
-    queue = deque([start])
+    """Breadth first over every reachable state; stop at the first violation, with the trace.
+    Then check that the end stays reachable from every state (no livelock)."""
+    index: dict = {start: 0}
+    states = [start]
+    parent = [None]                  # (parent id, step) per state
+    edges: list[list[int]] = []
+    queue = deque([0])
     result = Result(0, mutation=mutation)
 
-    def trace(s, last):
+    def trace(i, last):
         steps = [last]
-        while parent[s] is not None:
-            s, step = parent[s]
+        while parent[i] is not None:
+            i, step = parent[i]
             steps.append(step)
         return steps[::-1]
 
+    finals = []
     while queue:
-        s = queue.popleft()
+        i = queue.popleft()
+        s = states[i]
         result.states += 1
         if result.states > max_states:
             result.violations.append(("state space too large", []))
-            break
+            return result
         succ = successors(s)
-        if not succ and not final(s):
-            result.violations.append(("stuck: no step enabled", trace(s, "(stuck)")))
-            break
+        if final(s):
+            finals.append(i)
+        elif not succ:
+            result.violations.append(("stuck: no step enabled", trace(i, "(stuck)")))
+            return result
+        while len(edges) <= i:
+            edges.append([])
         for step, nxt in succ:
             if step == "VIOLATION":
-                result.violations.append((nxt, trace(s, nxt)))
+                result.violations.append((nxt, trace(i, nxt)))
                 return result
-            if nxt not in parent:
-                parent[nxt] = (s, step)
-                queue.append(nxt)
+            j = index.get(nxt)
+            if j is None:
+                j = index[nxt] = len(states)
+                states.append(nxt)
+                parent.append((i, step))
+                queue.append(j)
+            edges[i].append(j)
+    # Livelock: states from which no final state is reachable (backwards from the finals).
+    rev: list[list[int]] = [[] for _ in states]
+    for i, out in enumerate(edges):
+        for j in out:
+            rev[j].append(i)
+    good = bytearray(len(states))
+    stack = list(finals)
+    for i in finals:
+        good[i] = 1
+    while stack:
+        for k in rev[stack.pop()]:
+            if not good[k]:
+                good[k] = 1
+                stack.append(k)
+    bad = next((i for i in range(len(states)) if not good[i]), None)
+    if bad is not None:
+        # The trace into it, then the steps that go round (every successor is as bad).
+        steps = trace(bad, "(from here the end is unreachable:)")
+        cur, visited = bad, set()
+        while cur not in visited and len(visited) < 24:
+            visited.add(cur)
+            succ = successors(states[cur])
+            # Follow the patcher's thread where it has a step: it is usually the one caught.
+            step, nxt = next((x for x in succ if x[0].startswith("patcher's thread")), succ[0])
+            steps.append("  " + step)
+            cur = index[nxt]
+        steps.append("livelock: round again")
+        result.violations.append(("livelock: the end is unreachable (steps go round for ever)",
+                                  steps))
     return result
 
 
