@@ -594,7 +594,10 @@ def main() -> int:
                     help="signals each executor takes; each runs the site, nested where it lands")
     ap.add_argument("--patcher-signals", type=int, help="signals the patcher's thread takes")
     ap.add_argument("--sync-failures", type=int,
-                    help="syncs that may fail (and are retried) in one run (default: 1)")
+                    help="syncs that may fail in one run (default: 0)")
+    ap.add_argument("--strict", action="store_true", default=None,
+                    help="a batch's new version may run only from its int3 on (default: from "
+                         "the start of the call, runtime_patch's contract)")
     ap.add_argument("--mutation", choices=MUTATIONS,
                     help="switch off one piece; options not given take the mutation's "
                          "configuration (MUTATION_CONFIG), then the defaults")
@@ -602,7 +605,7 @@ def main() -> int:
     a = ap.parse_args()
     cfg = dict(MUTATION_CONFIG.get(a.mutation, {}))
     for k in ("executors", "batches", "executions", "kind", "path", "signals",
-              "patcher_signals", "sync_failures"):
+              "patcher_signals", "sync_failures", "strict"):
         if getattr(a, k) is not None:
             cfg[k] = getattr(a, k)
     t0 = time.perf_counter()
