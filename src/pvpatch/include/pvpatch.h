@@ -156,6 +156,11 @@ struct pvpatch_module {
  * PVPATCH_DEFINE_SLOTS(group) = { ... }.
  */
 
+/* The stack pointer as an asm operand (the kernel's current_stack_pointer): at file scope,
+ * because clang treats a local register variable as an ordinary value that it copies in and out
+ * of rsp around the asm. */
+register unsigned long pvpatch__sp __asm__("rsp");
+
 /* Makes the enclosing function non-leaf (see above).  The label is never taken. */
 #define PVPATCH__NONLEAF()                                                                   \
     do {                                                                                     \
@@ -216,10 +221,9 @@ struct pvpatch_module {
 #define PVPATCH__CALL0(group, op, len, flags, section)                                       \
     __extension__({                                                                         \
         unsigned long pvp_ret__;                                                            \
-        register void *pvp_sp__ __asm__("rsp");                                             \
         PVPATCH__NONLEAF();                                                                 \
         __asm__ volatile(PVPATCH__SITE(group, section)                                      \
-                         : "=a"(pvp_ret__), "+r"(pvp_sp__)                                  \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp)                                  \
                          : PVPATCH__IMM(group, op, len, flags)                              \
                          : "rdi", "rsi", "rdx", PVPATCH__CLOBBERS);                         \
         pvp_ret__;                                                                          \
@@ -228,10 +232,9 @@ struct pvpatch_module {
     __extension__({                                                                         \
         unsigned long pvp_a0__ = (unsigned long)(a0);                                       \
         unsigned long pvp_ret__;                                                            \
-        register void *pvp_sp__ __asm__("rsp");                                             \
         PVPATCH__NONLEAF();                                                                 \
         __asm__ volatile(PVPATCH__SITE(group, section)                                      \
-                         : "=a"(pvp_ret__), "+r"(pvp_sp__), "+D"(pvp_a0__)                  \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp), "+D"(pvp_a0__)                  \
                          : PVPATCH__IMM(group, op, len, flags)                              \
                          : "rsi", "rdx", PVPATCH__CLOBBERS);                                \
         pvp_ret__;                                                                          \
@@ -241,10 +244,9 @@ struct pvpatch_module {
         unsigned long pvp_a0__ = (unsigned long)(a0);                                       \
         unsigned long pvp_a1__ = (unsigned long)(a1);                                       \
         unsigned long pvp_ret__;                                                            \
-        register void *pvp_sp__ __asm__("rsp");                                             \
         PVPATCH__NONLEAF();                                                                 \
         __asm__ volatile(PVPATCH__SITE(group, section)                                      \
-                         : "=a"(pvp_ret__), "+r"(pvp_sp__), "+D"(pvp_a0__), "+S"(pvp_a1__)  \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp), "+D"(pvp_a0__), "+S"(pvp_a1__)  \
                          : PVPATCH__IMM(group, op, len, flags)                              \
                          : "rdx", PVPATCH__CLOBBERS);                                       \
         pvp_ret__;                                                                          \
@@ -255,10 +257,9 @@ struct pvpatch_module {
         unsigned long pvp_a1__ = (unsigned long)(a1);                                       \
         unsigned long pvp_a2__ = (unsigned long)(a2);                                       \
         unsigned long pvp_ret__;                                                            \
-        register void *pvp_sp__ __asm__("rsp");                                             \
         PVPATCH__NONLEAF();                                                                 \
         __asm__ volatile(PVPATCH__SITE(group, section)                                      \
-                         : "=a"(pvp_ret__), "+r"(pvp_sp__), "+D"(pvp_a0__), "+S"(pvp_a1__), \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp), "+D"(pvp_a0__), "+S"(pvp_a1__), \
                            "+d"(pvp_a2__)                                                   \
                          : PVPATCH__IMM(group, op, len, flags)                              \
                          : PVPATCH__CLOBBERS);                                              \
