@@ -38,5 +38,6 @@ long mx_live(long a, int with_site);
 long mx_regs(long a, int with_site);
 long mx_bt_site(void **buf, long n, long how);
 long mx_sleep_site(volatile int *in);
+long mx_worker_site(long a, long b);
 
 #endif

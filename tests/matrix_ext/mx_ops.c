@@ -1,5 +1,6 @@
 /* mx_ops.c - the `mx` group's implementations, tables, boot sites and Python entry points.
  * Built as module MX_MOD (a -D of the test), so several builds load side by side. */
+#define _GNU_SOURCE /* gettid, pthread_timedjoin_np */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* before pvpatch.h, for pvpatch_export() */
 
@@ -7,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mx.h"
 #ifdef MX_LIBUNWIND
@@ -280,6 +282,53 @@ static PyObject *py_cancel(PyObject *self, PyObject *unused)
     return Py_BuildValue("(si)", state, cleanup_ran);
 }
 
+/* A thread that runs the 13-byte add site in a loop and counts results no variant gives. */
+static volatile int worker_run, worker_tid;
+static volatile long worker_iters, worker_bad, worker_last_bad;
+static pthread_t worker;
+static void *worker_main(void *unused)
+{
+    worker_tid = (int)gettid();
+    while (worker_run) {
+        long r = mx_worker_site(20, 22);
+        if (r != 42 && r != 142 && r != 242) {
+            worker_bad++;
+            worker_last_bad = r;
+        }
+        worker_iters++;
+    }
+    return NULL;
+}
+
+static PyObject *py_worker_start(PyObject *self, PyObject *unused)
+{
+    worker_run = 1;
+    worker_tid = 0;
+    if (pthread_create(&worker, NULL, worker_main, NULL) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    for (int i = 0; i < 10000 && (worker_tid == 0 || worker_iters == 0); i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return PyLong_FromLong(worker_tid);
+}
+
+static PyObject *py_worker_stats(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("(lll)", worker_iters, worker_bad, worker_last_bad);
+}
+
+static PyObject *py_worker_stop(PyObject *self, PyObject *unused)
+{
+    worker_run = 0;
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 10;
+    if (pthread_timedjoin_np(worker, NULL, &dl) != 0)
+        return PyUnicode_FromString("worker did not stop within 10 s");
+    return py_worker_stats(self, unused);
+}
+
 static PyObject *py_has_libunwind(PyObject *self, PyObject *unused)
 {
 #ifdef MX_LIBUNWIND
@@ -294,6 +343,9 @@ static PyMethodDef methods[] = {
     {"bt", py_bt, METH_VARARGS, "Return addresses seen from inside an op."},
     {"cancel", py_cancel, METH_NOARGS, "Cancel a thread sleeping in an op."},
     {"has_libunwind", py_has_libunwind, METH_NOARGS, NULL},
+    {"worker_start", py_worker_start, METH_NOARGS, "Start the site-running thread; its tid."},
+    {"worker_stats", py_worker_stats, METH_NOARGS, "(iterations, bad results, last bad)."},
+    {"worker_stop", py_worker_stop, METH_NOARGS, "Stop and join the thread; its stats."},
     {NULL, NULL, 0, NULL},
 };
 

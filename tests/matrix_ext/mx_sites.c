@@ -205,3 +205,9 @@ __attribute__((noinline)) long mx_sleep_site(volatile int *in)
 {
     return (long)PVPATCH_CALL1(mx, sleep, 6, 0, in);
 }
+
+/* The only 13-byte site of op add: the registration test finds it by its length. */
+__attribute__((noinline)) long mx_worker_site(long a, long b)
+{
+    return (long)PVPATCH_CALL2(mx, add, 13, 0, a, b);
+}
