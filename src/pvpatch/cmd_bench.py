@@ -5,6 +5,7 @@ import json
 import sys
 
 from . import bench
+from . import bench_call  # noqa: F401  (registers the `call` suite)
 
 
 def run(args) -> int:
