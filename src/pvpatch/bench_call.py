@@ -3,7 +3,9 @@
 Loops in src/pvpatch/_core/bench_call.c, each N iterations of one thing: a direct call to a
 trivial function, the same call through a pointer, a site rendered as a call to it; the
 instruction `lea (%rdi,%rsi),%rax` inlined by the compiler, and a site rendered as that
-instruction; `nop`, and a site rendered as a NOP.  The loops run interleaved, `repeat` rounds;
+instruction; `nop`, and a site rendered as a NOP; and eight NOPs in a row against eight NOP sites
+in a row: 6-byte sites with and without the NOPs that align each site's rel32 field, and 8-byte
+sites (a multiple of 4: aligned with no NOPs between them).  The loops run interleaved, `repeat` rounds;
 per loop the fastest round gives ns per iteration (the loop's own increment and branch
 included, the same in both loops of a pair).  Ratios are of loops measured in the same run.
 Targets (docs/extensions.md): site call <= 1.02x direct, site inline <= 1.2x compiler inline,
@@ -17,12 +19,14 @@ import statistics
 from .bench import FORMATTERS, suite
 
 PAIRS = (("indirect", "direct"), ("site_call", "direct"), ("site_inline", "compiler_inline"),
-         ("site_nop", "nop"))
-TARGETS = {"site_call": 1.02, "site_inline": 1.2, "site_nop": 1.2}
+         ("site_nop", "nop"), ("site_nop8", "nop8"), ("site_nop8_unaligned", "nop8"),
+         ("site8_nop8", "nop8"))
+TARGETS = {"site_call": 1.02, "site_inline": 1.2, "site_nop": 1.2, "site_nop8": 1.2,
+           "site_nop8_unaligned": 1.2, "site8_nop8": 1.2}
 
 
 @suite("call")
-def bench_call(iterations: int = 2_000_000, repeat: int = 21, progress=None) -> dict:
+def bench_call(iterations: int = 1_000_000, repeat: int = 41, progress=None) -> dict:
     import pvpatch
     from . import _core
 
@@ -41,15 +45,17 @@ def bench_call(iterations: int = 2_000_000, repeat: int = 21, progress=None) -> 
     ratios = [{"loop": a, "baseline": b, "ratio": best[a] / best[b],
                "target": TARGETS.get(a)} for a, b in PAIRS]
     kinds = {s.op: s.kinds["native"] for s in pvpatch.registry.sites("bench_call")}
+    aligned = [(s.addr + s.length) % 4 == 0 for s in pvpatch.registry.sites("bench_call")]
     return {"suite": "call", "iterations": iterations, "repeat": repeat,
             "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "renderings": kinds,
+            "sites": len(aligned), "sites_rel32_aligned": sum(aligned),
             "rows": rows, "ratios": ratios}
 
 
 def format_call(res: dict) -> str:
-    out = [f"{'loop':<16} {'ns/iter min':>11} {'median':>8}"]
+    out = [f"{'loop':<20} {'ns/iter min':>11} {'median':>8}"]
     for r in res["rows"]:
-        out.append(f"{r['loop']:<16} {r['ns_min']:>11.3f} {r['ns_median']:>8.3f}")
+        out.append(f"{r['loop']:<20} {r['ns_min']:>11.3f} {r['ns_median']:>8.3f}")
     out.append("")
     out.append(f"{'ratio':<34} {'x':>6} {'target':>7}")
     for r in res["ratios"]:

@@ -40,9 +40,18 @@ const char *const core_bench_call_variants[] = {"native"};
 
 /* ---- the loops -------------------------------------------------------------------------- */
 
+/* Every loop starts on a 32-byte boundary: a loop whose closing branch crosses one runs at half
+ * speed on CPUs with the Skylake JCC erratum microcode, which would decide a comparison by where
+ * the linker happened to put each loop. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BC_LOOP __attribute__((noinline, optimize("align-loops=32")))
+#else
+#define BC_LOOP __attribute__((noinline, aligned(32)))
+#endif
+
 long (*bc_pointer)(long, long) = bc_add; /* not const: the compiler cannot see through it */
 
-static __attribute__((noinline)) long loop_direct(long n)
+static BC_LOOP long loop_direct(long n)
 {
     long acc = 0;
     for (long i = 0; i < n; i++)
@@ -50,7 +59,7 @@ static __attribute__((noinline)) long loop_direct(long n)
     return acc;
 }
 
-static __attribute__((noinline)) long loop_indirect(long n)
+static BC_LOOP long loop_indirect(long n)
 {
     long acc = 0;
     long (*fp)(long, long) = bc_pointer;
@@ -59,7 +68,7 @@ static __attribute__((noinline)) long loop_indirect(long n)
     return acc;
 }
 
-static __attribute__((noinline)) long loop_site_call(long n)
+static BC_LOOP long loop_site_call(long n)
 {
     long acc = 0;
     for (long i = 0; i < n; i++)
@@ -67,7 +76,7 @@ static __attribute__((noinline)) long loop_site_call(long n)
     return acc;
 }
 
-static __attribute__((noinline)) long loop_compiler_inline(long n)
+static BC_LOOP long loop_compiler_inline(long n)
 {
     long acc = 0;
     for (long i = 0; i < n; i++)
@@ -75,7 +84,7 @@ static __attribute__((noinline)) long loop_compiler_inline(long n)
     return acc;
 }
 
-static __attribute__((noinline)) long loop_site_inline(long n)
+static BC_LOOP long loop_site_inline(long n)
 {
     long acc = 0;
     for (long i = 0; i < n; i++)
@@ -83,26 +92,69 @@ static __attribute__((noinline)) long loop_site_inline(long n)
     return acc;
 }
 
-static __attribute__((noinline)) long loop_nop(long n)
+static BC_LOOP long loop_nop(long n)
 {
     for (long i = 0; i < n; i++)
         __asm__ volatile("nop");
     return n;
 }
 
-static __attribute__((noinline)) long loop_site_nop(long n)
+static BC_LOOP long loop_site_nop(long n)
 {
     for (long i = 0; i < n; i++)
         (void)PVPATCH_CALL0(bench_call, nop, 6, 0);
     return n;
 }
 
-static long (*const loops[])(long) = {loop_direct,          loop_indirect,    loop_site_call,
-                                      loop_compiler_inline, loop_site_inline, loop_nop,
-                                      loop_site_nop};
-static const char *const loop_names[] = {"direct",          "indirect",    "site_call",
-                                         "compiler_inline", "site_inline", "nop",
-                                         "site_nop"};
+/* Eight in a row: straight-line code, where the NOPs that align a site's rel32 field count. */
+#define X8(s) s s s s s s s s
+static BC_LOOP long loop_nop8(long n)
+{
+    for (long i = 0; i < n; i++)
+    {
+        X8(__asm__ volatile("nop");)
+    }
+    return n;
+}
+
+static BC_LOOP long loop_site_nop8(long n)
+{
+    for (long i = 0; i < n; i++)
+    {
+        X8((void)PVPATCH_CALL0(bench_call, nop, 6, 0);)
+    }
+    return n;
+}
+
+static BC_LOOP long loop_site_nop8_unaligned(long n)
+{
+    for (long i = 0; i < n; i++)
+    {
+        X8((void)PVPATCH_CALL0(bench_call, nop, 6, PVPATCH_F_UNALIGNED);)
+    }
+    return n;
+}
+
+/* 8-byte sites: the length is a multiple of 4, so back-to-back sites stay aligned unpadded. */
+static BC_LOOP long loop_site8_nop8(long n)
+{
+    for (long i = 0; i < n; i++)
+    {
+        X8((void)PVPATCH_CALL0(bench_call, nop, 8, 0);)
+    }
+    return n;
+}
+
+static long (*const loops[])(long) = {
+    loop_direct,      loop_indirect, loop_site_call, loop_compiler_inline,
+    loop_site_inline, loop_nop,      loop_site_nop,  loop_nop8,
+    loop_site_nop8,   loop_site_nop8_unaligned, loop_site8_nop8,
+};
+static const char *const loop_names[] = {
+    "direct",      "indirect", "site_call", "compiler_inline", "site_inline",
+    "nop",         "site_nop", "nop8",      "site_nop8",       "site_nop8_unaligned",
+    "site8_nop8",
+};
 #define NLOOPS ((int)(sizeof(loops) / sizeof(loops[0])))
 
 /* bench_call_loops() -> names, in the order bench_call_run takes them */

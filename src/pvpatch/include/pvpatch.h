@@ -56,6 +56,7 @@
 /* Site flags (pvpatch_site.flags). */
 #define PVPATCH_F_BOOT 0x01     /* patched at registration only, then dropped */
 #define PVPATCH_F_NOINLINE 0x02 /* never render an inline template here */
+#define PVPATCH_F_UNALIGNED 0x04 /* no NOPs before the site to align its rel32 field */
 
 /* One site record: 8 bytes, PC-relative (the site is at (char *)&rec->rel + rec->rel). */
 struct pvpatch_site {
@@ -145,8 +146,9 @@ struct pvpatch_module {
  *  - Arguments are evaluated once each, in order, into temporaries; only then are registers
  *    bound (through constraints, never by register variables that a later call would clobber).
  *  - The rel32 field (the last 4 bytes of every call rendering) is 4-byte aligned: the site is
- *    preceded by at most 6 bytes of NOPs (.balign 4, then (-len) & 3 bytes), so retargeting a
- *    call is one aligned 4-byte store.
+ *    preceded by at most two NOPs (.balign 4, then (-len) & 3 bytes), so retargeting a call is
+ *    one aligned 4-byte store.  PVPATCH_F_UNALIGNED drops them for a site where even a NOP
+ *    counts; retargeting such a site takes the int3 path.
  *
  * Nothing here is an assembler macro: a .macro defined by a header is defined twice when LTO
  * puts two translation units in one assembly file.
@@ -177,6 +179,7 @@ register unsigned long pvpatch__sp __asm__("rsp");
     ".if %c[pvp_len] < 6 || %c[pvp_len] > 15\n\t"                                            \
     ".error \"pvpatch: a site is 6 to 15 bytes long\"\n\t"                                   \
     ".endif\n\t"                                                                             \
+    ".if (%c[pvp_flags] & 4) == 0\n\t"                                                       \
     ".balign 4\n\t"                                                                          \
     ".if ((-%c[pvp_len]) & 3) == 1\n\t"                                                      \
     ".byte 0x90\n\t"                                                                         \
@@ -184,6 +187,7 @@ register unsigned long pvpatch__sp __asm__("rsp");
     ".byte 0x66, 0x90\n\t"                                                                   \
     ".elseif ((-%c[pvp_len]) & 3) == 3\n\t"                                                  \
     ".byte 0x0f, 0x1f, 0x00\n\t"                                                             \
+    ".endif\n\t"                                                                             \
     ".endif\n"                                                                               \
     "661:\n\t"                                                                               \
     ".fill %c[pvp_len] - 6, 1, 0x2e\n\t"                                                     \
@@ -271,7 +275,8 @@ register unsigned long pvpatch__sp __asm__("rsp");
 
 /* A runtime site: call op `op` of `group` with 0..3 integer or pointer arguments, each
  * evaluated exactly once, in order; the value is an unsigned long (the op's rax).  `len` is the
- * site length (6..15), `flags` PVPATCH_F_NOINLINE or 0.  Both must be integer constants. */
+ * site length (6..15), `flags` 0 or PVPATCH_F_NOINLINE | PVPATCH_F_UNALIGNED.  Both must be
+ * integer constants. */
 #define PVPATCH_CALL0(group, op, len, flags) \
     PVPATCH__CALL0(group, op, len, PVPATCH__RT(flags), "pvpatch_runtime")
 #define PVPATCH_CALL1(group, op, len, flags, a0) \
