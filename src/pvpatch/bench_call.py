@@ -21,8 +21,9 @@ from .bench import FORMATTERS, suite
 PAIRS = (("indirect", "direct"), ("site_call", "direct"), ("site_inline", "compiler_inline"),
          ("site_nop", "nop"), ("site_nop8", "nop8"), ("site_nop8_unaligned", "nop8"),
          ("site8_nop8", "nop8"))
-TARGETS = {"site_call": 1.02, "site_inline": 1.2, "site_nop": 1.2, "site_nop8": 1.2,
-           "site_nop8_unaligned": 1.2, "site8_nop8": 1.2}
+# The targets; the runs of eight NOP sites have none (they show what the NOPs that
+# align the rel32 field, and NOP length itself, cost in straight-line code).
+TARGETS = {"site_call": 1.02, "site_inline": 1.2, "site_nop": 1.2}
 
 
 @suite("call")
