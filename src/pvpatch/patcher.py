@@ -6,7 +6,6 @@ docs/protocol.md); this module decides what goes into it.
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from array import array
@@ -24,7 +23,6 @@ _lock = threading.RLock()          # serialises registration and runtime_patch
 _remapped: dict[int, int] = {}      # text start -> alias delta
 events: deque = deque(maxlen=1000)  # PatchEvent, newest last
 _transitions: dict[str, Callable] = {}
-SIGTRAP = 5
 
 
 @dataclass
@@ -54,43 +52,6 @@ def _read(addr: int, n: int) -> bytes:
     return _core.read(addr, n)
 
 
-def threads_blocking_sigtrap() -> list[tuple[int, str]]:
-    """(tid, name) of this process's threads that block SIGTRAP: an int3 would kill them."""
-    out = []
-    bit = 1 << (SIGTRAP - 1)
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/status") as f:
-                status = f.read()
-        except FileNotFoundError:  # the thread exited meanwhile
-            continue
-        name, blocked = "?", 0
-        for line in status.splitlines():
-            if line.startswith("Name:"):
-                name = line.split(None, 1)[1] if " " in line or "\t" in line else "?"
-            elif line.startswith("SigBlk:"):
-                blocked = int(line.split()[1], 16)
-        if blocked & bit:
-            out.append((int(tid), name.strip()))
-    return out
-
-
-def _check_threads() -> None:
-    # A thread being created blocks every signal until it starts running its own code (glibc's
-    # pthread_create), so a blocked SIGTRAP must persist across a few looks to count.
-    bad = threads_blocking_sigtrap()
-    for _ in range(5):
-        if not bad:
-            return
-        time.sleep(0.002)
-        bad = [t for t in threads_blocking_sigtrap() if t in bad]
-    if bad:
-        names = ", ".join(f"tid {t} ({n})" for t, n in bad)
-        raise BatchRefused(f"refused: thread(s) {names} block SIGTRAP; a thread that traps on "
-                           f"a site under patch with SIGTRAP blocked is killed by the kernel. "
-                           f"Nothing was written.")
-
-
 def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 0) -> dict:
     """Apply one batch made of flat (addrs, aliases, lens, old, new) pieces."""
     addrs, aliases = array("Q"), array("Q")
@@ -103,8 +64,10 @@ def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 
         new += n
     if not lens:
         return {"sites": 0, "syncs": 0, "ns": 0.0, "traps": 0, "traps_helped": 0,
-                "traps_on_patcher": 0, "retire_stalled": False}
-    _check_threads()
+                "traps_on_patcher": 0, "stale_traps": 0, "flips": 0, "trapping": 0,
+                "late_sync_errno": 0}
+    # No look at other threads' signal masks: a batch never waits for, or refuses because of,
+    # another thread (docs/protocol.md, "SIGTRAP blocked").
     try:
         _core.install_trap_handler()
         res = _core.apply_batch(addrs.tobytes(), aliases.tobytes(), bytes(lens), bytes(old),
@@ -116,9 +79,6 @@ def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 
         raise BatchRefused(f"refused: site {what}: {reason}. Nothing was written.") from None
     except OSError as exc:
         raise syscall_error(exc) from None
-    if res["retire_stalled"]:
-        raise PvpatchError("batch applied, but a trap handler did not leave it within the "
-                           "bound; further batches are refused until it does")
     return res
 
 
