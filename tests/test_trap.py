@@ -111,6 +111,35 @@ def test_thread_blocking_all_signals_around_call_sites_survives():
     assert res["traps"] == 0 and res["syncs"] == [1] and res["flips"] >= 3000 * 16
 
 
+def test_thread_blocking_all_signals_around_trapping_sites_survives():
+    # The same thread on sites whose switches do trap (inline, NOP, call renderings): its
+    # pthread_sigmask(SIG_SETMASK, <every signal>) reaches the C library without SIGTRAP, as
+    # pvpatch owns the GOT entries of the mask functions.  Before: dead after some hundreds to
+    # thousands of batches.
+    res = run_child("""
+        _core.trapx_start(SITES, 2, X_LOOP | X_BLOCKALL, 0.0)
+        traps0 = _core.trap_counters()["traps"]
+        patch_until(3000, passes=2000)
+        st = _core.trapx_stop(10)
+        st["traps"] = _core.trap_counters()["traps"] - traps0
+        st["owned"] = _core.own_masks()
+        pvpatch.runtime_patch({"selftest": "native"})
+        print(json.dumps(st))
+    """)
+    assert res["hung"] == 0 and res["failures"] == 0 and res["passes"] >= 2000, res
+    assert res["traps"] > 0 and res["owned"]["masks_stripped"] > 0
+
+
+def test_masks_set_through_python_and_sigaction_keep_sigtrap_deliverable():
+    import signal as sg
+    old = sg.pthread_sigmask(sg.SIG_BLOCK, set(sg.Signals))
+    try:
+        now = sg.pthread_sigmask(sg.SIG_BLOCK, [])
+        assert sg.SIGTRAP not in now and sg.SIGUSR1 in now
+    finally:
+        sg.pthread_sigmask(sg.SIG_SETMASK, old)
+
+
 def test_unaligned_call_flips_still_take_the_int3_protocol(selftest_native):
     g = gen.generate(4, length=6, group="unaligned6")  # rel32 at function + 6: crosses a word
     pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)

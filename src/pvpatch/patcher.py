@@ -6,6 +6,7 @@ docs/protocol.md); this module decides what goes into it.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from array import array
@@ -212,6 +213,10 @@ def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
     for g, target in changes.items():           # commit
         registry.groups[g].current = target
         _set_slots(g, target)
+    if res.get("late_sync_errno"):
+        # Sync #3 failed after the sites were whole and new: committed, and said.
+        e = res["late_sync_errno"]
+        raise syscall_error(OSError(e, os.strerror(e), "membarrier"))
 
 
 def runtime_patch(changes: dict[str, str], *, hook: int = 0) -> PatchEvent:

@@ -20,10 +20,14 @@ extern PyMethodDef core_cpuid_methods[];
 extern PyMethodDef core_lock_methods[];    /* lock_sites.c */
 extern PyMethodDef core_torture_methods[]; /* torture.c */
 extern PyMethodDef core_traptest_methods[]; /* traptest.c */
+extern PyMethodDef core_masks_methods[];    /* masks.c */
 
 /* poke.c */
 int core_poke_init(void); /* at import: membarrier registration */
 int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruction */
+
+/* masks.c */
+int core_own_masks(void); /* keep SIGTRAP out of masks set through every object's GOT */
 
 #include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
 

@@ -896,6 +896,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     if (ntrap > 0) {
         /* Pending words and slots, then publish.  A failure here has written nothing to a
          * site (a created slot stays, disarmed by nobody: no thread is sent to it). */
+        core_own_masks(); /* best effort: an object whose GOT stays as it is loses nothing */
         strip_sigtrap_from_handlers();
         uint64_t gen = atomic_load(&live_seq) + 1;
         if (prepare_pending(b, gen, false) != 0) {
@@ -1009,8 +1010,8 @@ unlock:
         goto out_release;
     }
     if (failure != NULL || failed_sync != 0) {
-        /* OSError(errno, strerror, "membarrier", None, what happened) */
-        char what[160];
+        /* OSError(errno, "strerror; what happened", "membarrier") */
+        char what[160], msg[256];
         if (failure != NULL)
             snprintf(what, sizeof(what), "%s", failure);
         else if (failed_sync == 1)
@@ -1018,9 +1019,9 @@ unlock:
         else
             snprintf(what, sizeof(what), "sync #2 failed: the sites run their old renderings "
                                          "behind int3 until the next batch restores them");
-        PyObject *a = Py_BuildValue("(issOs)", sync_errno ? sync_errno : EIO,
-                                    strerror(sync_errno ? sync_errno : EIO), "membarrier",
-                                    Py_None, what);
+        int err = sync_errno ? sync_errno : EIO;
+        snprintf(msg, sizeof(msg), "%s; %s", strerror(err), what);
+        PyObject *a = Py_BuildValue("(iss)", err, msg, "membarrier");
         if (a != NULL) {
             PyErr_SetObject(PyExc_OSError, a);
             Py_DECREF(a);
