@@ -94,6 +94,7 @@ static size_t n_done;
 static unsigned long long last_adds = ~0ull;
 static unsigned long got_entries;
 static int own_errno;
+static bool scanned_new;
 static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static uintptr_t dyn_ptr(uintptr_t base, ElfW(Addr) p)
@@ -179,6 +180,7 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
         if (rela != NULL)
             rewrite_relocs(base, rela, relasz, sym, str, relro_lo, relro_hi);
     }
+    scanned_new = true;
     if (n_done < MAX_OBJECTS) {
         done_objs[n_done].base = base;
         done_objs[n_done].dyn = dyn;
@@ -187,8 +189,9 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
-/* Rewrite the GOTs of every object loaded since the last call.  Returns 0, or -1 with errno of
- * the first mprotect that failed (the other objects are still rewritten). */
+/* Rewrite the GOTs of every object loaded since the last call.  Returns 1 if there were such
+ * objects, 0 if not, or -1 with errno of the first mprotect that failed (the other objects are
+ * still rewritten). */
 int core_own_masks(void)
 {
     pthread_mutex_lock(&own_lock);
@@ -207,19 +210,20 @@ int core_own_masks(void)
     }
     bool first = true;
     own_errno = 0;
+    scanned_new = false;
     dl_iterate_phdr(own_cb, &first);
-    int e = own_errno;
+    int e = own_errno, fresh = scanned_new;
     pthread_mutex_unlock(&own_lock);
     if (e != 0) {
         errno = e;
         return -1;
     }
-    return 0;
+    return fresh;
 }
 
 static PyObject *py_own_masks(PyObject *self, PyObject *unused)
 {
-    if (core_own_masks() != 0)
+    if (core_own_masks() < 0)
         return core_oserror("mprotect");
     return Py_BuildValue("{s:k,s:n,s:k}", "got_entries", got_entries, "objects",
                          (Py_ssize_t)n_done, "masks_stripped", atomic_load(&masks_stripped));

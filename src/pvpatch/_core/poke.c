@@ -612,8 +612,8 @@ static PyObject *py_install_trap_handler(PyObject *self, PyObject *unused)
 
 /* Remove SIGTRAP from the sa_mask of every installed handler: a handler installed with
  * sigfillset(&sa.sa_mask) would otherwise run with SIGTRAP blocked, and the first site under
- * patch it reached would kill the process.  Done before every batch that writes int3; one
- * sigaction() read per signal, and a write only for a handler whose mask has SIGTRAP. */
+ * patch it reached would kill the process.  One sigaction() read per signal, and a write only
+ * for a handler whose mask has SIGTRAP. */
 static unsigned long ctr_masks_stripped;
 static void strip_sigtrap_from_handlers(void)
 {
@@ -896,8 +896,11 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     if (ntrap > 0) {
         /* Pending words and slots, then publish.  A failure here has written nothing to a
          * site (a created slot stays, disarmed by nobody: no thread is sent to it). */
-        core_own_masks(); /* best effort: an object whose GOT stays as it is loses nothing */
-        strip_sigtrap_from_handlers();
+        /* Handlers installed through an owned sigaction never block SIGTRAP; the sweep is for
+         * those installed before their object's GOT was rewritten, so it runs when objects
+         * were rewritten (or the rewrite failed: best effort, then every time). */
+        if (core_own_masks() != 0)
+            strip_sigtrap_from_handlers();
         uint64_t gen = atomic_load(&live_seq) + 1;
         if (prepare_pending(b, gen, false) != 0) {
             io_errno = errno;
