@@ -359,3 +359,43 @@ def test_parked_batch_is_restored_by_the_next_batch():
     """)
     assert res["err"] == [1] and res["parked"] and res["mid"]
     assert res["syncs"] == 4 and res["pv_ok"] and res["back"]
+
+
+def _resethand_script(with_pvpatch: bool) -> str:
+    return textwrap.dedent(f"""
+        import ctypes, signal, sys
+        if {with_pvpatch!r}:
+            import pvpatch
+            pvpatch.runtime_patch({{"selftest": "pv"}})
+        libc = ctypes.CDLL(None, use_errno=True)
+        class SigAction(ctypes.Structure):
+            _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
+                        ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
+        seen = []
+        H = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda s: seen.append(s))
+        sa = SigAction()
+        sa.handler = ctypes.cast(H, ctypes.c_void_p).value
+        sa.flags = -0x80000000                                  # SA_RESETHAND
+        assert libc.sigaction(signal.SIGTRAP, ctypes.byref(sa), None) == 0
+        if {with_pvpatch!r}:
+            pvpatch.runtime_patch({{"selftest": "native"}})      # ours again, chained to it
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        p = libc.mmap(None, 4096, 3, 0x22, -1, 0)
+        ctypes.memmove(p, bytes.fromhex("ccb82a000000c3"), 7)    # int3; mov $42,%eax; ret
+        assert libc.mprotect(ctypes.c_void_p(p), 4096, 5) == 0
+        f = ctypes.CFUNCTYPE(ctypes.c_long)(p)
+        print(f(), len(seen), flush=True)   # the handler runs once...
+        print(f(), len(seen), flush=True)   # ...then the default action
+    """)
+
+
+def test_chained_handler_with_sa_resethand_behaves_as_without_pvpatch():
+    # Before: the previous handler's SA_RESETHAND was ignored; the second int3 reached it again.
+    runs = []
+    for with_pvpatch in (False, True):
+        proc = subprocess.run([sys.executable, "-c", _resethand_script(with_pvpatch)],
+                              capture_output=True, text=True, timeout=60)
+        runs.append((proc.returncode, proc.stdout.split()))
+    assert runs[0] == runs[1] == (-signal.SIGTRAP, ["42", "1"]), runs
