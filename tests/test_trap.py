@@ -399,3 +399,25 @@ def test_chained_handler_with_sa_resethand_behaves_as_without_pvpatch():
                               capture_output=True, text=True, timeout=60)
         runs.append((proc.returncode, proc.stdout.split()))
     assert runs[0] == runs[1] == (-signal.SIGTRAP, ["42", "1"]), runs
+
+
+def test_sigtrap_handler_installed_later_is_chained_not_installed():
+    # A program that installs its own SIGTRAP handler (here Python's signal.signal, through the
+    # sigaction GOT entry pvpatch owns) after pvpatch's: pvpatch's stays, theirs gets the traps
+    # that are not pvpatch's.  The batch below skips the reinstall that runtime_patch does, and
+    # traps on its own int3.  Before: Python's handler took pvpatch's int3 and the thread ran on
+    # from the middle of a site.
+    res = run_child("""
+        seen = []
+        signal.signal(signal.SIGTRAP, lambda s, f: seen.append(s))
+        t = pvpatch.core_module.tables["selftest"]
+        r = _core.apply_batch(t.addrs.tobytes(), t.aliases.tobytes(), t.lens,
+                              t.by_variant["native"], t.by_variant["pv"], _core.selftest_hook())
+        ok = _core.selftest_call(0) == 0x1002
+        signal.raise_signal(signal.SIGTRAP)          # not pvpatch's: Python's handler
+        for _ in range(100):
+            if seen:
+                break
+        print(json.dumps({"on_patcher": r["traps_on_patcher"], "ok": ok, "seen": seen}))
+    """)
+    assert res == {"on_patcher": 1, "ok": True, "seen": [int(signal.SIGTRAP)]}, res

@@ -28,6 +28,10 @@ int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruct
 
 /* masks.c */
 int core_own_masks(void); /* keep SIGTRAP out of masks set through every object's GOT */
+struct sigaction;
+int core_sigaction_real(int sig, const struct sigaction *act, struct sigaction *old);
+/* poke.c: sigaction(SIGTRAP) through an owned GOT entry; 0 if handled, -1: make the call */
+int core_trap_sigaction(const struct sigaction *act, struct sigaction *old);
 
 #include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
 

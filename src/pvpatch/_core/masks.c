@@ -63,6 +63,8 @@ static int w_sigprocmask(int how, const sigset_t *set, sigset_t *old)
 static int w_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
     struct sigaction a;
+    if (sig == SIGTRAP && core_trap_sigaction(act, old) == 0)
+        return 0; /* recorded as the handler pvpatch's chains to */
     if (act != NULL && sig != SIGTRAP && sigismember(&act->sa_mask, SIGTRAP)) {
         a = *act;
         sigdelset(&a.sa_mask, SIGTRAP);
@@ -151,8 +153,11 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
         if (ph->p_type == PT_DYNAMIC)
             dyn = (const ElfW(Dyn) *)(base + ph->p_vaddr);
         else if (ph->p_type == PT_GNU_RELRO) {
-            relro_lo = base + ph->p_vaddr;
-            relro_hi = relro_lo + ph->p_memsz;
+            /* The pages ld.so made read-only: both ends rounded down (elf/dl-reloc.c,
+             * _dl_protect_relro); the partial last page stays writable. */
+            uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+            relro_lo = (base + ph->p_vaddr) & ~(pg - 1);
+            relro_hi = (base + ph->p_vaddr + ph->p_memsz) & ~(pg - 1);
         }
     }
     if (dyn == NULL || (info->dlpi_name && strstr(info->dlpi_name, "linux-vdso")))
@@ -189,6 +194,13 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
+/* sigaction() itself, past any GOT entry pvpatch owns. */
+int core_sigaction_real(int sig, const struct sigaction *act, struct sigaction *old)
+{
+    action_fn f = __atomic_load_n(&real_sigaction, __ATOMIC_ACQUIRE);
+    return f != NULL ? f(sig, act, old) : sigaction(sig, act, old);
+}
+
 /* Rewrite the GOTs of every object loaded since the last call.  Returns 1 if there were such
  * objects, 0 if not, or -1 with errno of the first mprotect that failed (the other objects are
  * still rewritten). */
@@ -200,13 +212,13 @@ int core_own_masks(void)
          * a GOT entry that may point back at them. */
         real_pthread_sigmask = (mask_fn)dlsym(RTLD_DEFAULT, "pthread_sigmask");
         real_sigprocmask = (mask_fn)dlsym(RTLD_DEFAULT, "sigprocmask");
-        real_sigaction = (action_fn)dlsym(RTLD_DEFAULT, "sigaction");
-        if (!real_pthread_sigmask || !real_sigprocmask || !real_sigaction) {
-            real_sigaction = NULL;
+        action_fn sa = (action_fn)dlsym(RTLD_DEFAULT, "sigaction");
+        if (!real_pthread_sigmask || !real_sigprocmask || !sa) {
             pthread_mutex_unlock(&own_lock);
             errno = ENOSYS;
             return -1;
         }
+        __atomic_store_n(&real_sigaction, sa, __ATOMIC_RELEASE);
     }
     bool first = true;
     own_errno = 0;
