@@ -90,7 +90,8 @@ def test_bench_patch_reports_three_syncs_per_batch():
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["patch"]["rows"]
     assert [r["sites"] for r in rows] == [10, 100, 1000, 10000]
-    assert all(r["syncs_per_batch"] == [3] for r in rows)
+    # 3 for every batch that writes int3; 1 only for a batch made entirely of atomic call flips
+    assert all(3 in r["syncs_per_batch"] and set(r["syncs_per_batch"]) <= {1, 3} for r in rows)
 
 
 def test_concurrent_callers_are_serialised(selftest_native):
