@@ -421,3 +421,76 @@ def test_sigtrap_handler_installed_later_is_chained_not_installed():
         print(json.dumps({"on_patcher": r["traps_on_patcher"], "ok": ok, "seen": seen}))
     """)
     assert res == {"on_patcher": 1, "ok": True, "seen": [int(signal.SIGTRAP)]}, res
+
+
+HELPER_C = r"""
+#define _GNU_SOURCE
+#include <signal.h>
+#include <string.h>
+/* A library loaded after pvpatch: its own GOT entries for pthread_sigmask and sigaction. */
+int sigtrap_blocked_after_blocking_all(void)
+{
+    sigset_t all, old, now;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_sigmask(SIG_SETMASK, NULL, &now);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return sigismember(&now, SIGTRAP);
+}
+static volatile int seen, usr1_blocked_in_handler;
+static void on_trap(int sig, siginfo_t *si, void *uc)
+{
+    sigset_t now;
+    pthread_sigmask(SIG_SETMASK, NULL, &now);
+    usr1_blocked_in_handler = sigismember(&now, SIGUSR1);
+    seen++;
+}
+int install_trap_handler_masking_usr1(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGUSR1);
+    return sigaction(SIGTRAP, &sa, NULL);
+}
+int seen_and_usr1_blocked(void) { return seen * 10 + usr1_blocked_in_handler; }
+"""
+
+
+@pytest.fixture
+def helper_lib(tmp_path):
+    cc = os.environ.get("CC", "cc")
+    src, lib = tmp_path / "helper.c", tmp_path / "libpvptraphelper.so"
+    src.write_text(HELPER_C)
+    try:
+        subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True,
+                       capture_output=True, timeout=120)
+    except FileNotFoundError:
+        pytest.skip(f"no C compiler ({cc})")
+    return str(lib)
+
+
+def test_objects_loaded_later_are_taken_over_at_the_next_batch(helper_lib, selftest_native):
+    import ctypes
+    lib = ctypes.CDLL(helper_lib)
+    assert lib.sigtrap_blocked_after_blocking_all() == 1   # not ours yet: the C library's
+    pvpatch.runtime_patch({"selftest": "alt"})             # a batch that writes int3
+    assert lib.sigtrap_blocked_after_blocking_all() == 0   # its GOT entry is ours now
+
+
+def test_chained_handler_gets_its_sa_mask(helper_lib, selftest_native):
+    import ctypes
+    pvpatch.runtime_patch({"selftest": "pv"})              # ours installed, the lib taken over
+    lib = ctypes.CDLL(helper_lib)
+    pvpatch.runtime_patch({"selftest": "alt"})
+    prev = signal.getsignal(signal.SIGTRAP)
+    try:
+        assert lib.install_trap_handler_masking_usr1() == 0  # recorded as the chained handler
+        pvpatch.runtime_patch({"selftest": "native"}, hook=_core.selftest_hook())
+        assert lib.seen_and_usr1_blocked() == 0              # our own trap did not reach it
+        signal.raise_signal(signal.SIGTRAP)                  # a foreign one does, masked
+        assert lib.seen_and_usr1_blocked() == 11
+    finally:
+        signal.signal(signal.SIGTRAP, prev if prev is not None else signal.SIG_DFL)
