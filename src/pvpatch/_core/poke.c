@@ -379,13 +379,13 @@ static int slot_get(uintptr_t site, const uint8_t *b, unsigned len, uint32_t *no
     code[len + 1] = 0x25;
     memset(code + len + 2, 0, 4);
     memcpy(code + len + 6, &back, 8);
+    /* The slot's bytes, then its owner: both before the batch that uses it is published. */
+    if (text_write(slot_addr(s), code, len + 14) != 0)
+        return -1;
     if (slot_map_put(site, b, len, s) != 0) {
         errno = ENOMEM;
         return -1;
     }
-    /* The slot's bytes, then its owner: both before the batch that uses it is published. */
-    if (text_write(slot_addr(s), code, len + 14) != 0)
-        return -1;
     struct arena *a = atomic_load(&arenas[s / ARENA_SLOTS]);
     __atomic_store_n(&a->site[s % ARENA_SLOTS], site, __ATOMIC_RELEASE);
     n_slots++;
