@@ -456,6 +456,21 @@ int install_trap_handler_masking_usr1(void)
     return sigaction(SIGTRAP, &sa, NULL);
 }
 int seen_and_usr1_blocked(void) { return seen * 10 + usr1_blocked_in_handler; }
+static void on_usr2(int sig) {}
+int install_usr2_with_a_full_mask(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_usr2;
+    sigfillset(&sa.sa_mask);
+    return sigaction(SIGUSR2, &sa, NULL);
+}
+int usr2_mask_has_sigtrap(void)
+{
+    struct sigaction cur;
+    sigaction(SIGUSR2, NULL, &cur);
+    return sigismember(&cur.sa_mask, SIGTRAP);
+}
 """
 
 
@@ -494,3 +509,18 @@ def test_chained_handler_gets_its_sa_mask(helper_lib, selftest_native):
         assert lib.seen_and_usr1_blocked() == 11
     finally:
         signal.signal(signal.SIGTRAP, prev if prev is not None else signal.SIG_DFL)
+
+
+def test_handlers_installed_before_import_lose_sigtrap_from_their_mask(helper_lib):
+    # Installed before pvpatch took the library's GOT over: the sweep before the first batch
+    # that writes int3 (registration, at import) removes SIGTRAP from the handler's mask.
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import ctypes, json
+        lib = ctypes.CDLL({helper_lib!r})
+        assert lib.install_usr2_with_a_full_mask() == 0
+        before = lib.usr2_mask_has_sigtrap()
+        import pvpatch
+        print(json.dumps([before, lib.usr2_mask_has_sigtrap()]))
+    """)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [1, 0]
