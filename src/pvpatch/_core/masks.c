@@ -5,7 +5,8 @@
  * signal that is blocked to SIG_DFL (kernel/signal.c, force_sig_info_to_task).  Programs block
  * every signal in ordinary ways: a handler installed with sigfillset(&sa.sa_mask), a thread that
  * blocks everything around a critical section.  So pvpatch owns the entry points that set masks
- * -- pthread_sigmask, sigprocmask and sigaction -- in every loaded object: their GOT entries
+ * -- pthread_sigmask, sigprocmask and sigaction, and sigsuspend, ppoll, pselect and epoll_pwait,
+ * which set one for their duration -- in every loaded object: their GOT entries
  * (R_X86_64_JUMP_SLOT and R_X86_64_GLOB_DAT relocations against those names) are pointed at
  * wrappers that drop SIGTRAP from the set before calling the C library.  These are data writes,
  * not code; a GOT under full RELRO is made writable for the store and read-only again.
@@ -24,6 +25,9 @@
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -74,13 +78,55 @@ static int w_sigaction(int sig, const struct sigaction *act, struct sigaction *o
     return real_sigaction(sig, act, old);
 }
 
+/* Calls that set a mask for their duration: a handler of another signal that runs meanwhile
+ * runs with that mask (plus its own), so it must not hold SIGTRAP either. */
+typedef int (*suspend_fn)(const sigset_t *);
+typedef int (*ppoll_fn)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+typedef int (*pselect_fn)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
+                          const sigset_t *);
+typedef int (*epoll_pwait_fn)(int, struct epoll_event *, int, int, const sigset_t *);
+static suspend_fn real_sigsuspend;
+static ppoll_fn real_ppoll;
+static pselect_fn real_pselect;
+static epoll_pwait_fn real_epoll_pwait;
+
+static int w_sigsuspend(const sigset_t *m)
+{
+    sigset_t buf;
+    return real_sigsuspend(without_trap(SIG_SETMASK, m, &buf));
+}
+
+static int w_ppoll(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t *m)
+{
+    sigset_t buf;
+    return real_ppoll(fds, n, t, without_trap(SIG_SETMASK, m, &buf));
+}
+
+static int w_pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct timespec *t,
+                     const sigset_t *m)
+{
+    sigset_t buf;
+    return real_pselect(n, r, w, e, t, without_trap(SIG_SETMASK, m, &buf));
+}
+
+static int w_epoll_pwait(int fd, struct epoll_event *ev, int max, int t, const sigset_t *m)
+{
+    sigset_t buf;
+    return real_epoll_pwait(fd, ev, max, t, without_trap(SIG_SETMASK, m, &buf));
+}
+
 static const struct {
     const char *name;
     void *wrapper;
+    void **real;
 } owned[] = {
-    {"pthread_sigmask", (void *)w_pthread_sigmask},
-    {"sigprocmask", (void *)w_sigprocmask},
-    {"sigaction", (void *)w_sigaction},
+    {"pthread_sigmask", (void *)w_pthread_sigmask, (void **)&real_pthread_sigmask},
+    {"sigprocmask", (void *)w_sigprocmask, (void **)&real_sigprocmask},
+    {"sigaction", (void *)w_sigaction, NULL}, /* real_sigaction: published last */
+    {"sigsuspend", (void *)w_sigsuspend, (void **)&real_sigsuspend},
+    {"ppoll", (void *)w_ppoll, (void **)&real_ppoll},
+    {"pselect", (void *)w_pselect, (void **)&real_pselect},
+    {"epoll_pwait", (void *)w_epoll_pwait, (void **)&real_epoll_pwait},
 };
 #define N_OWNED (sizeof(owned) / sizeof(owned[0]))
 
@@ -210,10 +256,12 @@ int core_own_masks(void)
     if (real_sigaction == NULL) {
         /* The C library's own functions, found by name in it: the wrappers call these, never
          * a GOT entry that may point back at them. */
-        real_pthread_sigmask = (mask_fn)dlsym(RTLD_DEFAULT, "pthread_sigmask");
-        real_sigprocmask = (mask_fn)dlsym(RTLD_DEFAULT, "sigprocmask");
+        bool missing = false;
+        for (size_t k = 0; k < N_OWNED; k++)
+            if (owned[k].real != NULL && (*owned[k].real = dlsym(RTLD_DEFAULT, owned[k].name)) == NULL)
+                missing = true;
         action_fn sa = (action_fn)dlsym(RTLD_DEFAULT, "sigaction");
-        if (!real_pthread_sigmask || !real_sigprocmask || !sa) {
+        if (missing || !sa) {
             pthread_mutex_unlock(&own_lock);
             errno = ENOSYS;
             return -1;
