@@ -456,6 +456,34 @@ int install_trap_handler_masking_usr1(void)
     return sigaction(SIGTRAP, &sa, NULL);
 }
 int seen_and_usr1_blocked(void) { return seen * 10 + usr1_blocked_in_handler; }
+static volatile int trap_blocked_in_usr1;
+static void on_usr1(int sig)
+{
+    sigset_t now;
+    pthread_sigmask(SIG_SETMASK, NULL, &now);
+    trap_blocked_in_usr1 = sigismember(&now, SIGTRAP);
+}
+/* The sigsuspend idiom: wait for SIGUSR1 with every other signal blocked. */
+int sigtrap_blocked_in_a_handler_during_sigsuspend(void)
+{
+    struct sigaction sa, old_sa;
+    sigset_t usr1, old, wait_mask;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_usr1;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, &old_sa);
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, &old);
+    raise(SIGUSR1);
+    sigfillset(&wait_mask);
+    sigdelset(&wait_mask, SIGUSR1);
+    trap_blocked_in_usr1 = -1;
+    sigsuspend(&wait_mask);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    sigaction(SIGUSR1, &old_sa, NULL);
+    return trap_blocked_in_usr1;
+}
 static void on_usr2(int sig) {}
 int install_usr2_with_a_full_mask(void)
 {
@@ -491,8 +519,10 @@ def test_objects_loaded_later_are_taken_over_at_the_next_batch(helper_lib, selft
     import ctypes
     lib = ctypes.CDLL(helper_lib)
     assert lib.sigtrap_blocked_after_blocking_all() == 1   # not ours yet: the C library's
+    assert lib.sigtrap_blocked_in_a_handler_during_sigsuspend() == 1
     pvpatch.runtime_patch({"selftest": "alt"})             # a batch that writes int3
     assert lib.sigtrap_blocked_after_blocking_all() == 0   # its GOT entry is ours now
+    assert lib.sigtrap_blocked_in_a_handler_during_sigsuspend() == 0
 
 
 def test_chained_handler_gets_its_sa_mask(helper_lib, selftest_native):
