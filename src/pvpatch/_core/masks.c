@@ -130,15 +130,10 @@ static const struct {
 };
 #define N_OWNED (sizeof(owned) / sizeof(owned[0]))
 
-/* Objects already rewritten, by load address and dynamic section.  Only grows (an unloaded
- * object's entry is harmless: a new one at the same address has another dynamic section or is
- * rewritten again, which is idempotent). */
-#define MAX_OBJECTS 4096
-static struct {
-    uintptr_t base;
-    const void *dyn;
-} done_objs[MAX_OBJECTS];
-static size_t n_done;
+/* Objects seen by the last full look.  Every look rewrites every object (store_got skips an
+ * entry that is already ours), because a library unloaded and loaded again at the same address
+ * is a new object with a fresh GOT. */
+static size_t n_objects;
 static unsigned long long last_adds = ~0ull;
 static unsigned long got_entries;
 static int own_errno;
@@ -191,6 +186,7 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
         if (info->dlpi_adds == last_adds)
             return 1; /* nothing loaded since the last look */
         last_adds = info->dlpi_adds;
+        n_objects = 0;
     }
     const ElfW(Dyn) *dyn = NULL;
     uintptr_t relro_lo = 0, relro_hi = 0, base = info->dlpi_addr;
@@ -208,9 +204,6 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
     }
     if (dyn == NULL || (info->dlpi_name && strstr(info->dlpi_name, "linux-vdso")))
         return 0;
-    for (size_t i = 0; i < n_done; i++)
-        if (done_objs[i].base == base && done_objs[i].dyn == dyn)
-            return 0;
     const ElfW(Sym) *sym = NULL;
     const char *str = NULL;
     const ElfW(Rela) *jmprel = NULL, *rela = NULL;
@@ -232,11 +225,7 @@ static int own_cb(struct dl_phdr_info *info, size_t size, void *data)
             rewrite_relocs(base, rela, relasz, sym, str, relro_lo, relro_hi);
     }
     scanned_new = true;
-    if (n_done < MAX_OBJECTS) {
-        done_objs[n_done].base = base;
-        done_objs[n_done].dyn = dyn;
-        n_done++;
-    }
+    n_objects++;
     return 0;
 }
 
@@ -286,7 +275,7 @@ static PyObject *py_own_masks(PyObject *self, PyObject *unused)
     if (core_own_masks() < 0)
         return core_oserror("mprotect");
     return Py_BuildValue("{s:k,s:n,s:k}", "got_entries", got_entries, "objects",
-                         (Py_ssize_t)n_done, "masks_stripped", atomic_load(&masks_stripped));
+                         (Py_ssize_t)n_objects, "masks_stripped", atomic_load(&masks_stripped));
 }
 
 PyMethodDef core_masks_methods[] = {
