@@ -11,6 +11,8 @@ CORE_SOURCES = [
     "src/pvpatch/_core/lock_sites.c",
     "src/pvpatch/_core/torture.c",
     "src/pvpatch/_core/bench_call.c",
+    "src/pvpatch/_core/traptest.c",
+    "src/pvpatch/_core/masks.c",
 ]
 
 setup(
@@ -21,7 +23,7 @@ setup(
             include_dirs=["src/pvpatch/include", "src/pvpatch/_core"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-fno-strict-aliasing", "-fvisibility=hidden"],
-            libraries=["pthread"],
+            libraries=["pthread", "dl"],
         )
     ]
 )

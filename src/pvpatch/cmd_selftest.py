@@ -29,9 +29,9 @@ def run(args) -> int:
         rows = [("batches", res.batches), ("sites patched", res.sites_patched),
                 ("site calls", res.site_calls), ("  of which in handlers", res.handler_site_calls),
                 ("traps handled", res.traps),
-                ("  completed by a thread other than the patcher", res.traps_helped),
+                ("  new instruction emulated (not the patcher)", res.traps_helped),
                 ("  on the patcher itself", res.traps_on_patcher),
-                ("  after the site was already whole", res.stale_traps),
+                ("  rewound: the site was already whole", res.stale_traps),
                 ("signals delivered", res.signals),
                 ("handler lock taken", res.handler_lock_taken),
                 ("failures", res.failures)]

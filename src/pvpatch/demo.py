@@ -43,7 +43,7 @@ def _selftest(seconds: float) -> bool:
     r = selftest.run(duration=seconds, nmi_level=3)
     print(f"{r.batches} batches ({r.sites_patched} sites) while {r.threads} threads made "
           f"{r.site_calls:,} site calls and handlers took {r.signals:,} signals")
-    print(f"traps: {r.traps} handled, {r.traps_helped} completed by the trapping thread, "
+    print(f"traps: {r.traps} handled, {r.traps_helped} emulated in the trapping thread, "
           f"{r.traps_on_patcher} on the patcher itself; failures: {r.failures}")
     return r.ok
 

@@ -30,7 +30,7 @@ class SelftestResult:
     traps_helped: int = 0
     traps_on_patcher: int = 0
     stale_traps: int = 0
-    helper_syncs: int = 0
+    slot_traps: int = 0
     signals: int = 0
     handler_site_calls: int = 0
     handler_lock_taken: int = 0
@@ -146,6 +146,6 @@ def run(duration: float = 10.0, threads: int | None = None, nmi_level: int = 1,
     if st["first_failure_site"] >= 0:
         res.errors.append(f"site {st['first_failure_site']} returned "
                           f"{st['first_failure_value']:#x}, which no variant returns")
-    for k in ("traps", "traps_helped", "traps_on_patcher", "stale_traps", "helper_syncs"):
+    for k in ("traps", "traps_helped", "traps_on_patcher", "stale_traps", "slot_traps"):
         setattr(res, k, traps1[k] - traps0[k])
     return res

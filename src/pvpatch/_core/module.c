@@ -30,6 +30,8 @@ static PyMethodDef *const tables[] = {
     core_lock_methods,
     core_torture_methods,
     core_bench_call_methods,
+    core_traptest_methods,
+    core_masks_methods,
 };
 
 static struct PyModuleDef core_module = {

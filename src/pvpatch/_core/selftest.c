@@ -92,7 +92,8 @@ static int run_site(int i, long salt)
 static void usr1_handler(int sig, siginfo_t *si, void *uc)
 {
     int saved = errno;
-    static _Thread_local unsigned long n;
+    /* initial-exec: no __tls_get_addr (malloc) on the first signal of a thread. */
+    static _Thread_local unsigned long n __attribute__((tls_model("initial-exec")));
     atomic_fetch_add_explicit(&st.signals, 1, memory_order_relaxed);
     int level = st.nmi_level;
     if (level >= 1) {
