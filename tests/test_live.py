@@ -15,9 +15,11 @@ from pvpatch import _core, patcher, wx
 
 
 def test_patcher_traps_on_its_own_int3_and_completes_the_site(selftest_native):
-    ev = pvpatch.runtime_patch({"selftest": "pv"}, hook=_core.selftest_hook())
+    # native -> alt: the hook's site goes from a call to alt's inline template, which takes the
+    # int3 protocol (a call -> call switch would be an atomic flip with no int3 to trap on).
+    ev = pvpatch.runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
     assert ev.traps_on_patcher == 1 and ev.traps == 1
-    assert _core.selftest_call(0) == 0x1002
+    assert _core.selftest_call(0) == 0x1003
 
 
 def test_foreign_sigtrap_reaches_its_own_handler(selftest_native):

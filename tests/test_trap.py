@@ -412,8 +412,8 @@ def test_sigtrap_handler_installed_later_is_chained_not_installed():
         signal.signal(signal.SIGTRAP, lambda s, f: seen.append(s))
         t = pvpatch.core_module.tables["selftest"]
         r = _core.apply_batch(t.addrs.tobytes(), t.aliases.tobytes(), t.lens,
-                              t.by_variant["native"], t.by_variant["pv"], _core.selftest_hook())
-        ok = _core.selftest_call(0) == 0x1002
+                              t.by_variant["native"], t.by_variant["alt"], _core.selftest_hook())
+        ok = _core.selftest_call(0) == 0x1003   # call -> inline: the int3 protocol
         signal.raise_signal(signal.SIGTRAP)          # not pvpatch's: Python's handler
         for _ in range(100):
             if seen:
