@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from . import bench
+from . import bench, cliargs
+from .errors import PvpatchError
 
 
 def run(args) -> int:
@@ -13,9 +14,8 @@ def run(args) -> int:
     names = args.suite or list(bench.SUITES)
     unknown = [n for n in names if n not in bench.SUITES]
     if unknown:
-        print(f"pvpatch bench: unknown suite(s) {', '.join(unknown)}; known: "
-              f"{', '.join(bench.SUITES)}", file=sys.stderr)
-        return 2
+        raise PvpatchError(f"unknown suite(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(bench.SUITES)}")
     results = {}
     for name in names:
         if not args.json:
@@ -33,10 +33,12 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure switching (and, where present, locks and hints)",
+    p = sub.add_parser("bench", help="measure switching and host-hint latency",
                        description="Benchmarks, each a suite; ratios are measured side by side "
                                    "in one run.")
-    p.add_argument("suite", nargs="*", help=f"suites to run (default: all)")
-    p.add_argument("--repeat", type=int, default=0, help="runs per size for the patch suite")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("suite", nargs="*", metavar="SUITE",
+                   help=f"suites to run: {', '.join(bench.SUITES)} (default: all)")
+    p.add_argument("--repeat", type=cliargs.integer(1, 100000), default=0, metavar="N",
+                   help="runs per size for the patch suite (default: the suite's)")
+    p.add_argument("--json", action="store_true", help="every result as one JSON object")
     p.set_defaults(func=run)
