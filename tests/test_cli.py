@@ -176,3 +176,13 @@ def test_every_option_has_help():
         for a in p._actions:
             if a.dest != "help":
                 assert a.help, f"pvpatch {name} {'/'.join(a.option_strings) or a.dest}"
+
+
+def test_json_outputs_carry_a_schema_version():
+    import json
+
+    for args in (["sites", "--footprint", "--json"],
+                 ["selftest", "--duration", "0.3", "--threads", "2", "--json"]):
+        p = run(*args)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["schema"] == 1, args

@@ -8,6 +8,9 @@ from . import bench, cliargs
 from .errors import PvpatchError
 
 
+JSON_SCHEMA = 1  # --json; bumped when a field changes meaning
+
+
 def run(args) -> int:
     import pvpatch  # noqa: F401
 
@@ -28,7 +31,7 @@ def run(args) -> int:
             fmt = bench.FORMATTERS.get(name)
             print(fmt(results[name]) if fmt else json.dumps(results[name], indent=2))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, **results}, indent=2))
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from . import cliargs, selftest
 
 
+JSON_SCHEMA = 1  # --json; bumped when a field changes meaning
 MAX_THREADS = 64  # the core's executor table (selftest.c)
 
 
@@ -27,7 +28,7 @@ def run(args) -> int:
                        signal_hz=args.signal_hz, stall_timeout=args.stall_timeout,
                        progress=None if args.json else _progress)
     if args.json:
-        print(json.dumps(res.as_dict(), indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, **res.as_dict()}, indent=2))
     else:
         rows = [("batches", res.batches), ("sites patched", res.sites_patched),
                 ("site calls", res.site_calls), ("  of which in handlers", res.handler_site_calls),
