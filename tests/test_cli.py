@@ -4,7 +4,6 @@ machine out of threads is a quiet, clear end, never a traceback.
 
 Every command runs in a subprocess with a timeout, so a hang is a failed test.
 """
-import os
 import resource
 import signal
 import subprocess

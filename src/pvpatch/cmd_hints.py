@@ -92,7 +92,8 @@ def register(subparsers) -> None:
     p.add_argument("--watch", action="store_true", help="keep watching; print every change")
     p.add_argument("--json", action="store_true",
                    help="JSON (one object per line with --watch)")
-    p.add_argument("--count", type=cliargs.integer(1, 10**9), metavar="N", help="with --watch: stop after N reports")
+    p.add_argument("--count", type=cliargs.integer(1, 10**9), metavar="N",
+                   help="with --watch: stop after N reports")
     p.add_argument("--poll", type=cliargs.seconds(0.01, 3600), default=0.5, metavar="S",
                    help="with --watch: how often to look for a missing or invalid page "
                         "(default 0.5)")

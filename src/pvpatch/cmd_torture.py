@@ -61,7 +61,8 @@ def register(sub) -> None:
     p.add_argument("--writers", type=cliargs.integer(0, 1024, zero="0: 2 x online CPUs"),
                    default=0, metavar="N",
                    help="writer threads (default: 2 x online CPUs, as locktorture)")
-    p.add_argument("--duration", type=cliargs.seconds(0, 7 * 86400, lo_open=True), default=10.0, metavar="S",
+    p.add_argument("--duration", type=cliargs.seconds(0, 7 * 86400, lo_open=True), default=10.0,
+                   metavar="S",
                    help="seconds (default 10)")
     p.add_argument("--stat-interval", type=cliargs.seconds(0.05, 3600), default=1.0, metavar="S",
                    help="seconds between statistics lines (default 1)")

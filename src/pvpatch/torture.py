@@ -171,7 +171,8 @@ class Result:
                 "auto_switches": self.auto_switches}
 
     def as_json(self) -> dict:
-        return {"schema": JSON_SCHEMA, "config": self.config, "intervals": [asdict(i) for i in self.intervals],
+        return {"schema": JSON_SCHEMA, "config": self.config,
+                "intervals": [asdict(i) for i in self.intervals],
                 "segments": [asdict(s) for s in self.segments], "summary": self.summary()}
 
 
