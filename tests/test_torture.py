@@ -223,3 +223,11 @@ def test_auto_mode_follows_host_hints(tmp_path):
     assert rc == 0, out + err
     assert END.match(out.splitlines()[-1])["verdict"] == "SUCCESS"
     assert "# toggle pv" in out
+
+
+@pytest.mark.parametrize("field,value", [("duration", float("nan")), ("duration", float("inf")),
+                                         ("stat_interval", float("nan")), ("rescue", 0.0),
+                                         ("pv_spin", -1), ("hold_ns", 10**18)])
+def test_the_api_refuses_what_the_cli_refuses(field, value):
+    with pytest.raises(torture.TortureError, match=f"--{field.replace('_', '-')}"):
+        torture.Config(**{field: value}).check()
