@@ -1,7 +1,7 @@
 """`pvpatch bench`: what switching costs.
 
 patch: runtime_patch over generated sites (10 .. 10,000), whole call and the C batch alone, and
-the syncs each batch took.  Other suites (locks, hints) register themselves in SUITES.
+the syncs each batch took.  Other suites (hints) register themselves in SUITES.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 
+from . import cliargs
 from .errors import PvpatchError
 from .hints import abi
 from .hints.reader import HintReader, HintState
@@ -85,12 +86,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("hints", help="show the hint page as a guest sees it",
                               description="Read the hint page read-only and show what a guest "
                                           "sees: validity, staleness, hints, measurements.")
-    p.add_argument("--hints-path", default=abi.DEFAULT_PATH, metavar="P",
+    p.add_argument("--hints-path", type=cliargs.nonempty("path"), default=abi.DEFAULT_PATH,
+                   metavar="P",
                    help=f"hint page file (default {abi.DEFAULT_PATH})")
     p.add_argument("--watch", action="store_true", help="keep watching; print every change")
     p.add_argument("--json", action="store_true",
                    help="JSON (one object per line with --watch)")
-    p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N reports")
-    p.add_argument("--poll", type=float, default=0.5, metavar="S",
-                   help="with --watch: how often to look for a missing or invalid page")
+    p.add_argument("--count", type=cliargs.integer(1, 10**9), metavar="N",
+                   help="with --watch: stop after N reports")
+    p.add_argument("--poll", type=cliargs.seconds(0.01, 3600), default=0.5, metavar="S",
+                   help="with --watch: how often to look for a missing or invalid page "
+                        "(default 0.5)")
     p.set_defaults(func=run)

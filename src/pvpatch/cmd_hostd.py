@@ -8,8 +8,10 @@ leaves a page that goes stale: guests fall back after the staleness bound.
 """
 from __future__ import annotations
 
+import argparse
 import signal
 
+from . import cliargs
 from .errors import PvpatchError
 from .hints import abi
 from .hints.publisher import Hostd, parse_timeline
@@ -76,22 +78,33 @@ def run(args) -> int:
     return 0
 
 
+def _timeline(text: str) -> str:
+    """--simulate is checked when the command line is read, not when hostd starts."""
+    try:
+        parse_timeline(text)
+    except PvpatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--simulate: ")) from None
+    return text
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "hostd", help="publish host hints (REALTIME) to the hint page",
         description="Measure this machine (runnable tasks vs CPUs, steal, PSI, cgroup quota, "
                     "hypervisor CPUID), decide with hysteresis whether threads here are "
                     "preempted, and publish the REALTIME hint to a shared page guests watch.")
-    p.add_argument("--path", default=abi.DEFAULT_PATH,
+    p.add_argument("--path", type=cliargs.nonempty("path"), default=abi.DEFAULT_PATH,
                    help=f"hint page file (default {abi.DEFAULT_PATH})")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=cliargs.seconds(abi.MIN_INTERVAL_NS / 1e9,
+                                                      abi.MAX_INTERVAL_NS / 1e9),
+                   default=1.0, metavar="S",
                    help="sampling and heartbeat interval in seconds (default 1)")
-    p.add_argument("--simulate", metavar="TIMELINE",
+    p.add_argument("--simulate", type=_timeline, metavar="TIMELINE",
                    help="override the decision: SECONDS:STATE,... with STATE realtime or "
                         "oversubscribed, e.g. 0:realtime,10:oversubscribed,20:realtime")
-    p.add_argument("--metrics-port", type=int, metavar="N",
+    p.add_argument("--metrics-port", type=cliargs.port, metavar="N",
                    help="serve Prometheus metrics on 127.0.0.1:N (0: pick a free port)")
-    p.add_argument("--duration", type=float, metavar="S",
+    p.add_argument("--duration", type=cliargs.seconds(0, 10 * 365 * 86400), metavar="S",
                    help="stop after S seconds (default: run until SIGTERM/SIGINT)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every publication, not only those that change the hints")
