@@ -68,7 +68,7 @@ def register(sub) -> None:
                         "(default 10)")
     p.add_argument("--hints-path", metavar="P", default=None,
                    help="--mode auto: the hint page to follow (default: the path hostd uses, "
-                        "/dev/shm/pvpatch-hints)")
+                        "/run/pvpatch/hints)")
     p.add_argument("--pv-spin", type=int, metavar="N",
                    help="pv waiters spin N pauses before sleeping (default: the library's)")
     p.add_argument("--rescue", type=float, metavar="S",

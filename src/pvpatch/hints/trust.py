@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 
-DEFAULT_DIR = "/run/pvpatch"
+from .abi import DEFAULT_DIR
 DEFAULT_DIR_MODE = 0o755  # guests must be able to look the page up; only root can add names
 PAGE_MODE = 0o644
 LOCK_MODE = 0o600         # nobody but the publisher (and root) can open, so nobody can flock it
