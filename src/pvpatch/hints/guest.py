@@ -19,7 +19,8 @@ import time
 
 from ..errors import PvpatchError
 from . import trust
-from .metrics import DEFAULT_ADDR, GuestMetrics, MetricsServer, check_port, check_textfile
+from .metrics import (DEFAULT_ADDR, GuestMetrics, MetricsError, MetricsServer, check_port,
+                      check_textfile)
 from .policy import DEFAULT_GROUPS, Decision, Policy, PolicyError
 from .reader import HintState
 from .subscriber import Notifier
@@ -222,8 +223,11 @@ def auto(hints_path: str | None = None, *, groups: dict[str, tuple[str, str]] | 
                             min_dwell_s=min_dwell_s, native_settle_s=native_settle_s)
     except (ValueError, PolicyError) as e:
         raise AutoError(f"auto(): {e}") from None
-    check_port(metrics_port, "auto(): metrics_port")
-    metrics_textfile = check_textfile(metrics_textfile)
+    try:
+        check_port(metrics_port, "metrics_port")
+        metrics_textfile = check_textfile(metrics_textfile)
+    except MetricsError as e:
+        raise AutoError(f"auto(): {e}") from None
     if patch is None:
         from .. import registry, runtime_patch
         for g, pair in policy.groups.items():

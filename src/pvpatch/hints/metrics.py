@@ -68,7 +68,7 @@ class _Server(http.server.HTTPServer):
         if ":" in addr:
             self.address_family = socket.AF_INET6
         self.registry = registry
-        self.request_queue_size = backlog
+        self.request_queue_size = 128  # the kernel's accept queue; ours is `backlog`
         self.timeout_s = timeout_s
         self.dropped = 0
         self._q: queue.Queue = queue.Queue(maxsize=backlog)
