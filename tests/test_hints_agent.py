@@ -313,3 +313,17 @@ def test_metrics_server_threads_are_bounded(tmp_path):
             s.close()
         srv.close()
     assert threading.active_count() == before
+
+
+def test_fault_measurement_runs(selftest_native):
+    """Behaviour, not speed: a clean stop makes the guest fall back and a new hostd brings it
+    back; a truncated page is repaired by hostd (the guest, asleep, need not fall back)."""
+    from pvpatch.hints import faults
+    r = faults.measure(rounds=1, interval_s=0.1, faults=("sigterm", "truncate"))
+    term, trunc = r["faults"]["sigterm"], r["faults"]["truncate"]
+    assert term["fell_back"] == 1 and term["fallback"]["max_ms"] > 0
+    assert term["recovery"]["max_ms"] > 0
+    assert trunc["repaired"]["max_ms"] > 0 and trunc["recovery"] is not None
+    assert r["command"].startswith("python -m pvpatch.hints.faults")
+    with pytest.raises(pvpatch.PvpatchError, match="unknown fault"):
+        faults.measure(faults=("meteor",))
