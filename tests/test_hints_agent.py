@@ -22,7 +22,7 @@ from pvpatch.hints.guest import AutoError, auto
 from pvpatch.hints.metrics import MetricsServer
 from pvpatch.hints.publisher import Publisher
 
-from hints_util import PY, wait_until
+from hints_util import PY, cli, wait_until
 
 SELFTEST = {"selftest": ("native", "pv")}
 M = {"online_cpus": 2, "runnable": 0}
@@ -82,7 +82,8 @@ def test_refused_switch_is_retried_until_it_succeeds(page, selftest_native):
         handle.stop()
 
 
-def test_unexpected_exceptions_are_reported_and_the_agent_goes_on(page, selftest_native):
+def test_unexpected_exceptions_are_reported_and_the_agent_goes_on(page, tmp_path,
+                                                                  selftest_native):
     """A ProcessLookupError out of the patch call (as under thread churn) and a SystemExit out
     of a callback: each is caught, counted, reported (errors, on_error, the event, metrics),
     the worker loop is restarted and the switch completed."""
@@ -101,8 +102,9 @@ def test_unexpected_exceptions_are_reported_and_the_agent_goes_on(page, selftest
             exits.pop()
             raise SystemExit("callback called sys.exit()")
     page.publish(abi.HINT_REALTIME, M, abi.REASON_SIMULATED)
+    prom = tmp_path / "guest.prom"
     handle = auto(page.path, groups=SELFTEST, min_dwell_s=0, patch=patch, on_event=on_event,
-                  on_error=errors.append, metrics_port=0)
+                  on_error=errors.append, metrics_port=0, metrics_textfile=str(prom))
     try:
         wait_until(lambda: handle.in_force == {"selftest": "native"} and len(handle.errors) >= 2,
                    15, "the switch and two reports")
@@ -120,6 +122,12 @@ def test_unexpected_exceptions_are_reported_and_the_agent_goes_on(page, selftest
         text = urllib.request.urlopen(handle.metrics_url, timeout=5).read().decode()
         assert 'pvpatch_guest_errors_total{component="worker"} 2.0' in text
         assert "pvpatch_guest_switch_refusals_total 1.0" in text
+        # ... and `pvpatch hints --guest` shows them, from the guest's textfile.
+        r = cli("hints", "--hints-path", page.path, "--guest", prom)
+        line = r.stdout.splitlines()[-1]
+        assert r.returncode == 0 and line.startswith(f"guest {prom}: page usable"), r.stdout
+        assert "in force selftest=pv" in line and "1 refused, 1 retries" in line, line
+        assert "unexpected errors: worker 2" in line, line
     finally:
         handle.stop()
 

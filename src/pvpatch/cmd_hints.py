@@ -78,6 +78,50 @@ def _emit(args, st: HintState, what: str) -> None:
               + summary(st), flush=True)
 
 
+def guest_report(path: str) -> tuple[str, dict]:
+    """A guest agent's state from its metrics textfile (auto(metrics_textfile=...)): one line,
+    and the values.  PvpatchError if the file cannot be read or is not a guest's."""
+    from prometheus_client.parser import text_string_to_metric_families
+    try:
+        with open(path) as f:
+            text = f.read()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+    except OSError as e:
+        raise PvpatchError(f"--guest {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise PvpatchError(f"--guest {path}: not Prometheus text: {e}") from None
+    if "pvpatch_guest_switches" not in fams:
+        raise PvpatchError(f"--guest {path}: no pvpatch_guest_* metrics (written by "
+                           "pvpatch.auto(metrics_textfile=...))")
+
+    def one(name):
+        return next((smp.value for smp in fams[name].samples
+                     if not smp.name.endswith("_created")), None)
+    v = {
+        "in_force": {smp.labels["group"]: smp.labels["variant"]
+                     for smp in fams["pvpatch_guest_variant"].samples if smp.value == 1},
+        "page": next((smp.labels["status"] for smp in fams["pvpatch_guest_hint_page_status"]
+                      .samples if smp.value == 1), "unknown"),
+        "switches": int(one("pvpatch_guest_switches")),
+        "refusals": int(one("pvpatch_guest_switch_refusals")),
+        "retries": int(one("pvpatch_guest_switch_retries")),
+        "pending": bool(one("pvpatch_guest_policy_mismatch")),
+        "errors": {smp.labels["component"]: int(smp.value)
+                   for smp in fams["pvpatch_guest_errors"].samples
+                   if smp.name.endswith("_total") and smp.value},
+        "latency_s": one("pvpatch_guest_reaction_latency_seconds"),
+    }
+    lat = v["latency_s"]
+    line = (f"guest {path}: page {v['page']}, in force "
+            f"{' '.join(f'{g}={x}' for g, x in v['in_force'].items()) or 'nothing yet'}"
+            f"{' (switch pending or being retried)' if v['pending'] else ''}; "
+            f"{v['switches']} switches, {v['refusals']} refused, {v['retries']} retries; "
+            f"unexpected errors: "
+            + (", ".join(f"{c} {n}" for c, n in v["errors"].items()) or "none")
+            + ("" if lat is None or lat != lat else f"; last reaction {lat * 1e3:.2f} ms"))
+    return line, v
+
+
 def run(args) -> int:
     if args.count is not None and args.count < 1:
         raise PvpatchError(f"--count {args.count}: must be >= 1")
@@ -87,6 +131,8 @@ def run(args) -> int:
         raise PvpatchError(f"--poll {args.poll}: must be > 0 seconds")
     if (args.every is not None or args.count is not None) and not args.watch:
         raise PvpatchError("--every and --count need --watch")
+    if args.guest and args.watch:
+        raise PvpatchError("--guest shows one report; it does not combine with --watch")
     try:
         reader = HintReader(args.hints_path, publisher_uid=args.publisher_uid)
     except ValueError as e:
@@ -94,7 +140,16 @@ def run(args) -> int:
     with reader:
         if not args.watch:
             st = reader.read()
-            print(json.dumps(st.to_json()) if args.json else describe(st))
+            guest = guest_report(args.guest) if args.guest else None
+            if args.json:
+                j = st.to_json()
+                if guest:
+                    j["guest"] = guest[1]
+                print(json.dumps(j))
+            else:
+                print(describe(st))
+                if guest:
+                    print(guest[0])
             # Scripts and health checks: 0 only when guests would act on the page.
             return 0 if st.usable else 1
         # Watch: print the page when it changes (generation, hints, state, publisher, usable
@@ -141,6 +196,9 @@ def register(subparsers) -> None:
                    help=f"hint page file (default {abi.DEFAULT_PATH})")
     p.add_argument("--publisher-uid", type=int, metavar="UID",
                    help="trust pages owned by UID too (root's and your own always are)")
+    p.add_argument("--guest", metavar="FILE.prom",
+                   help="also show a guest agent's state (variants in force, refused switches, "
+                        "retries, unexpected errors) from its auto(metrics_textfile=...)")
     p.add_argument("--watch", action="store_true",
                    help="keep watching; print a line at each change")
     p.add_argument("--every", type=float, metavar="S",
