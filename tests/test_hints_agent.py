@@ -119,6 +119,9 @@ def test_unexpected_exceptions_are_reported_and_the_agent_goes_on(page, tmp_path
         # Still following hints after the restart.
         page.publish(0, M, abi.REASON_RUNNABLE)
         wait_until(lambda: handle.in_force == {"selftest": "pv"}, 10, "pv after the restart")
+        # The worker updates the metrics right after the switch: wait for that, not for time.
+        wait_until(lambda: "pvpatch_guest_switches_total 2.0" in prom.read_text(), 10,
+                   "the second switch in the textfile")
         text = urllib.request.urlopen(handle.metrics_url, timeout=5).read().decode()
         assert 'pvpatch_guest_errors_total{component="worker"} 2.0' in text
         assert "pvpatch_guest_switch_refusals_total 1.0" in text
