@@ -11,7 +11,6 @@ import shutil
 import signal
 import stat
 import tempfile
-import time
 
 import pytest
 
@@ -109,8 +108,9 @@ def test_hostd_refuses_a_directory_others_can_write(shared_dir):
     assert os.listdir(shared_dir) == []
 
 
-def test_new_page_directory_and_lock_have_safe_modes_whatever_the_umask(tmp_path):
-    old = os.umask(0)
+@pytest.mark.parametrize("umask", [0, 0o077])
+def test_new_page_directory_and_lock_have_safe_modes_whatever_the_umask(tmp_path, umask):
+    old = os.umask(umask)
     try:
         with Publisher(str(tmp_path / "run" / "hints")) as p:
             p.publish(0, M, abi.REASON_NONE)

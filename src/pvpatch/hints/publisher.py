@@ -251,6 +251,12 @@ class Publisher:
         d = os.path.dirname(os.path.abspath(self.path))
         try:
             os.mkdir(d, trust.DEFAULT_DIR_MODE)
+            # Ours, just made: guests must be able to look the page up whatever the umask.
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(dfd, trust.DEFAULT_DIR_MODE)
+            finally:
+                os.close(dfd)
         except FileExistsError:
             pass
         except OSError as e:
@@ -453,11 +459,6 @@ class Publisher:
             self.on_repair(kind, f"{self.path}: {message}")
         else:
             log.warning("hostd: %s: %s", self.path, message)
-
-    @staticmethod
-    def _holder(fd: int) -> int | None:
-        holders = trust.lock_holders(fd)
-        return holders[0] if holders else None
 
     def __enter__(self):
         return self.open()
