@@ -23,8 +23,8 @@ from hints_util import NOBODY, is_root
 
 PV = [sys.executable, "-m", "pvpatch.cli"]
 FORGED_GENERATION = 0x7F000000
-GUEST_S = 26.0
-CHAOS_S = 17.0
+GUEST_S = 27.0  # the guest's run; chaos takes the first CHAOS_S of it
+CHAOS_S = 16.0
 
 
 def start_hostd(path, timeline):
@@ -69,9 +69,11 @@ def test_chaos_guest_stays_correct_and_follows_the_last_valid_page(tmp_path):
                                    "--writers", "4", "--duration", str(GUEST_S),
                                    "--stat-interval", "1", "--json", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guest_t0 = time.monotonic()
     unexpected_deaths = []
+    margin = 0.0
     try:
-        end = time.monotonic() + CHAOS_S
+        end = guest_t0 + CHAOS_S
         i = 0
         while time.monotonic() < end:
             i += 1
@@ -130,7 +132,10 @@ def test_chaos_guest_stays_correct_and_follows_the_last_valid_page(tmp_path):
         h.send_signal(signal.SIGKILL)
         h.wait(10)
         hostds.append(start_hostd(page, "0:realtime"))
-        log.append("final hostd: realtime")
+        # The guest needs a moment after this (its dwell is 1 s); a machine so loaded that
+        # less is left is reported as such below rather than as a wrong final state.
+        margin = guest_t0 + GUEST_S - time.monotonic()
+        log.append(f"final hostd: realtime, {margin:.1f} s before the guest ends")
         stdout, stderr = guest.communicate(timeout=GUEST_S + 90)
     finally:
         for p in [guest, *hostds]:
@@ -148,4 +153,5 @@ def test_chaos_guest_stays_correct_and_follows_the_last_valid_page(tmp_path):
     assert not [e for e in switches if e["generation"] is not None
                 and e["generation"] >= FORGED_GENERATION], trace  # never acted on a forgery
     ok = [e for e in switches if e["ok"]]
+    assert margin > 2.0, f"the machine is too loaded: only {margin:.1f} s left for the guest"
     assert ok and ok[-1]["variants"]["lock"] == "native", ([e["reason"] for e in ok[-5:]], trace)

@@ -249,7 +249,8 @@ def test_hostd_survives_truncation_deletion_and_replacement(tmp_path, selftest_n
     back, and keeps running; a guest falls back while the page is broken and recovers."""
     from pvpatch.hints.guest import auto
     path = str(tmp_path / "hints")
-    h = hostd(path, "--interval", "0.4", "--simulate", "0:realtime")
+    # (interval 1 s: the window in which the woken guest must see the broken page)
+    h = hostd(path, "--interval", "1", "--simulate", "0:realtime")
     handle = None
     try:
         h.wait_line("hints=realtime")
