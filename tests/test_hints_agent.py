@@ -106,8 +106,8 @@ def test_unexpected_exceptions_are_reported_and_the_agent_goes_on(page, tmp_path
     handle = auto(page.path, groups=SELFTEST, min_dwell_s=0, patch=patch, on_event=on_event,
                   on_error=errors.append, metrics_port=0, metrics_textfile=str(prom))
     try:
-        wait_until(lambda: handle.in_force == {"selftest": "native"} and len(handle.errors) >= 2,
-                   15, "the switch and two reports")
+        wait_until(lambda: handle.in_force == {"selftest": "native"} and len(errors) >= 2,
+                   15, "the switch and two reports")  # on_error runs last of the reports
         first = handle.events[0]
         assert not first.ok and "unexpected ProcessLookupError" in first.error
         kinds = [(e.component, e.error.split(":")[0], e.action) for e in handle.errors]

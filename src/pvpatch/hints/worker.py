@@ -215,8 +215,10 @@ class Worker(Supervised):
                 del self.events[: len(self.events) - self.max_events]
             self._cv.notify_all()
         if self.metrics is not None:
+            with self._cv:
+                pending = not ev.ok or self._slot is not None  # retry due, or a newer decision
             try:
-                self.metrics.switched(ev, self.in_force, self.groups, not ev.ok)
+                self.metrics.switched(ev, self.in_force, self.groups, pending)
             except Exception as e:
                 self.errors.report("metrics", e, "metrics not updated")
         if self.on_event is not None:
