@@ -136,9 +136,10 @@ class UserChild:
             try:
                 os.close(r)
                 os.close(gw)
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
+                if uid != os.geteuid():
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
                 try:
                     out = "ok " + str(fn())
                 except BaseException as e:  # noqa: B036 - reported to the parent

@@ -95,6 +95,7 @@ def test_hostd_refuses_hard_links_and_symlinks_and_leaves_targets_alone(tmp_path
     assert open(target, "rb").read() == b"keep me" and not (tmp_path / "page").exists()
 
 
+@needs_root
 def test_hostd_refuses_a_directory_others_can_write(shared_dir):
     os.chmod(shared_dir, 0o1777)  # like /dev/shm: anyone can create names
     path = os.path.join(shared_dir, "hints")
@@ -173,7 +174,7 @@ def test_busy_error_names_the_real_holder(tmp_path):
         fd = os.open(lock_path, os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return "held"
-    holder = UserChild(take, uid=0, hold=True)
+    holder = UserChild(take, uid=os.geteuid(), hold=True)  # another process, same user
     try:
         assert holder.wait_result() == "ok held"
         with pytest.raises(PublisherBusy) as ei:
