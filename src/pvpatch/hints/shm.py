@@ -89,7 +89,7 @@ def snapshot(fd: int, length: int) -> tuple[bytes, int]:
 
     Reader side of the seqcount: read seq (s1); if odd, a write is in progress: retry; copy the
     page; read seq again (s2); a change means the copy may be torn: retry.  Load order
-    s1 -> copy -> s2 pairs with the writer's store order odd -> payload -> even (Mapping.publish).
+    s1 -> copy -> s2 pairs with the writer's store order odd -> payload -> even (publish below).
 
     Readers copy with pread, not through their mapping: a page truncated under a mapping raises
     SIGBUS on access, which would let whoever owns the file crash every guest; pread just comes
