@@ -91,7 +91,9 @@ def test_hostd_with_bad_settings_exits_2_and_creates_nothing(tmp_path):
     f.write_text("[thresholds]\nsteal_enter = 3\nsteal_leave = 5\n")
     page = tmp_path / "hints"
     for args, frag in ((["--config", f], "steal-leave 5 is above steal-enter 3"),
-                       (["--metrics-port", "70000"], "70000")):
+                       (["--metrics-port", "70000"], "70000"),
+                       (["--metrics-port", "0", "--metrics-addr", "999.1.1.1"],
+                        "999.1.1.1:0: cannot listen")):
         r = cli("hostd", "--path", page, "--duration", "1", *args)
         assert r.returncode == 2 and frag in r.stderr, (args, r.stderr)
         assert not page.exists()

@@ -588,12 +588,18 @@ class Hostd:
 
     def run(self, duration_s: float | None = None) -> None:
         pub = self.publisher
-        pub.open()
+        # The metrics server first: a port or address that fails must leave the page untouched.
+        if self.metrics_port is not None:
+            self.metrics = HostdMetrics()
+            self.metrics_server = MetricsServer(self.metrics.registry, self.metrics_port,
+                                                self.metrics_addr)
         try:
-            if self.metrics_port is not None:
-                self.metrics = HostdMetrics()
-                self.metrics_server = MetricsServer(self.metrics.registry, self.metrics_port,
-                                                    self.metrics_addr)
+            pub.open()
+        except BaseException:
+            if self.metrics_server:
+                self.metrics_server.close()
+            raise
+        try:
             t0 = time.monotonic()
             next_tick = t0
             measurements: dict = {}
