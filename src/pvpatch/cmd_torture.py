@@ -91,7 +91,7 @@ def register(sub) -> None:
                         "(default 10)")
     p.add_argument("--hints-path", type=cliargs.nonempty("path"), metavar="P", default=None,
                    help="--mode auto: the hint page to follow (default: the path hostd uses, "
-                        "/dev/shm/pvpatch-hints)")
+                        "/run/pvpatch/hints)")
     p.add_argument("--pv-spin", type=cliargs.integer(0, 1 << 24), metavar="N",
                    help="pv waiters spin N pauses before sleeping (default: the library's)")
     p.add_argument("--rescue", type=cliargs.seconds(0.001, 3600), metavar="S",
