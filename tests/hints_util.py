@@ -35,6 +35,7 @@ class Proc:
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=env, **kw)
         self.lines: list[str] = []
+        self.history: list[str] = []  # every line read so far, matched or not
         self._q: queue.Queue = queue.Queue()
         self._t = threading.Thread(target=self._drain, daemon=True)
         self._t.start()
@@ -70,6 +71,21 @@ class Proc:
                                      f"{needle!r}; stdout: {self.lines!r}; stderr: "
                                      f"{self.p.stderr.read()[-3000:]}")
             self.lines.append(line)
+            self.history.append(line)
+
+    def drain(self, timeout: float = 10.0) -> list[str]:
+        """After the process ended: read the rest of its output; returns the history."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._q.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"output of pid {self.pid} did not end in {timeout} s")
+            if line is None:
+                self._q.put(None)
+                return self.history
+            self.lines.append(line)
+            self.history.append(line)
 
     def wait(self, timeout: float = 10.0) -> int:
         return self.p.wait(timeout)
@@ -94,3 +110,91 @@ def hostd(path, *args) -> Proc:
 def cli(*args, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", "pvpatch.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# --- other users (the trust tests run as root and drop to `nobody` in a child) ---------------
+
+NOBODY = 65534
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class UserChild:
+    """`fn()` run as `uid` in a forked child (os.setuid after fork: no exec, because the
+    interpreter may live where that user cannot read).  fn runs until it returns; what it
+    returns (a str) or the exception it raised comes back through a pipe.  With hold=True the
+    child then waits until release() before exiting (to keep a lock or a file open)."""
+
+    def __init__(self, fn, uid: int = NOBODY, hold: bool = False):
+        r, w = os.pipe()
+        gr, gw = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no threads, no logging, only os calls and fn
+            code = 0
+            try:
+                os.close(r)
+                os.close(gw)
+                if uid != os.geteuid():
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+                try:
+                    out = "ok " + str(fn())
+                except BaseException as e:  # noqa: B036 - reported to the parent
+                    out = f"raised {type(e).__name__}: {e}"
+                    code = 1
+                os.write(w, out.encode()[:60000])
+                os.close(w)
+                if hold:
+                    os.read(gr, 1)
+            except BaseException:  # noqa: B036
+                code = 3
+            os._exit(code)
+        os.close(w)
+        os.close(gr)
+        self.pid, self._r, self._gw = pid, r, gw
+        self.result: str | None = None
+
+    def wait_result(self, timeout: float = 10.0) -> str:
+        """What fn returned ("ok ...") or raised ("raised ..."); AssertionError on timeout."""
+        if self.result is None:
+            import select
+            if not select.select([self._r], [], [], timeout)[0]:
+                raise AssertionError(f"user child {self.pid} gave no result in {timeout} s")
+            chunks = []
+            while True:
+                b = os.read(self._r, 65536)
+                if not b:
+                    break
+                chunks.append(b)
+            self.result = b"".join(chunks).decode()
+        return self.result
+
+    def release(self, timeout: float = 10.0) -> int:
+        try:
+            os.write(self._gw, b"x")
+        except OSError:
+            pass
+        end = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self._r)
+                os.close(self._gw)
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > end:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise AssertionError(f"user child {self.pid} did not exit")
+            time.sleep(0.01)
+
+
+def as_user(fn, uid: int = NOBODY, timeout: float = 10.0) -> str:
+    """Run fn() as `uid` in a forked child; its result ("ok ..." or "raised ...")."""
+    c = UserChild(fn, uid)
+    try:
+        return c.wait_result(timeout)
+    finally:
+        c.release()

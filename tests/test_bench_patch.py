@@ -22,10 +22,12 @@ def test_bench_patch_with_threads_reports_every_load_and_three_syncs():
     assert [(r["sites"], r["load"]) for r in rows] == [
         (n, load) for n in (10, 100, 1000, 10000) for load in ("alone", "idle", "busy")]
     for r in rows:
-        assert r["syncs_per_batch"] == [3], r          # whatever the threads do
+        # whatever the threads do: 3 for a batch that writes int3, 1 for one made only of
+        # atomic call flips
+        assert 3 in r["syncs_per_batch"] and set(r["syncs_per_batch"]) <= {1, 3}, r
         assert r["min_ms"] <= r["median_ms"] <= r["p99_ms"]
         assert r["busy_failures"] == 0, r
-        assert r["handler_syncs_per_batch"] >= 0
+        assert r["atomic_flips_per_batch"] >= 0
         assert (r["busy_calls"] > 0) == (r["load"] == "busy"), r
     # Whether the busy threads ran into a batch depends on the scheduler (2 CPUs, and whatever
     # else runs): counted, not asserted here (tests/test_selftest_hostile.py insists on it).

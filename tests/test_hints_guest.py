@@ -186,7 +186,8 @@ def test_latency_measurement_runs(tmp_path):
     r = latency.measure(samples=20, spacing_s=0.01, mode="notify")
     assert r["measured"] >= 15 and r["errors"] == []
     assert 0 < r["min_us"] <= r["p50_us"] <= r["p99_us"] <= r["max_us"]
-    r = latency.measure(samples=10, spacing_s=0.02, mode="switch", group="selftest")
+    # (spaced so that a loaded machine does not coalesce flips: coalesced ones are not counted)
+    r = latency.measure(samples=10, spacing_s=0.1, mode="switch", group="selftest")
     assert r["measured"] >= 7 and r["errors"] == [] and r["p50_us"] <= r["p99_us"]
     assert r["command"].startswith("python -m pvpatch.hints.latency")
 

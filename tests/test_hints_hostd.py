@@ -11,18 +11,19 @@ from pvpatch.hints import abi
 from pvpatch.hints.reader import HintReader
 from pvpatch.hints.subscriber import Notifier
 
-from hints_util import cli, hostd, wait_until
+from hints_util import PY, Proc, cli, hostd, wait_until
 
 
-def hints_json(path) -> dict:
+def hints_json(path, rc: int = 0) -> dict:
+    """`pvpatch hints --json`; rc 0 when the page is usable, 1 when not."""
     r = cli("hints", "--hints-path", path, "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == rc, (r.returncode, r.stdout, r.stderr)
     return json.loads(r.stdout)
 
 
 def test_simulated_flips_and_clean_stop(tmp_path):
     path = tmp_path / "hints"
-    h = hostd(path, "--interval", "0.1", "--simulate", "0:realtime,0.6:oversubscribed",
+    h = hostd(path, "--interval", "0.1", "--simulate", "0:realtime,2:oversubscribed",
               "--duration", "30")
     try:
         h.wait_line("publishing")
@@ -44,8 +45,9 @@ def test_simulated_flips_and_clean_stop(tmp_path):
         h.kill(signal.SIGTERM)
         assert h.wait(10) == 0
         h.wait_line("page marked stopped")
-        j = hints_json(path)
+        j = hints_json(path, rc=1)
         assert j["valid"] and j["stale"] and j["state"] == "stopped" and j["active_hints"] == []
+        assert j["status"] == "stopped"
     finally:
         h.close()
 
@@ -126,27 +128,51 @@ def test_bad_arguments_change_nothing(tmp_path):
 
 
 def test_hints_command_on_missing_and_garbage(tmp_path):
-    j = hints_json(tmp_path / "none")
+    """Not usable -> exit 1 and the reason, in JSON and in the one-line summary."""
+    j = hints_json(tmp_path / "none", rc=1)
     assert j["valid"] is False and j["active_hints"] == [] and "missing" in j["problem"]
+    assert j["status"] == "missing"
     (tmp_path / "junk").write_bytes(b"\xff" * 100)
-    j = hints_json(tmp_path / "junk")
-    assert j["valid"] is False and "magic" in j["problem"]
+    j = hints_json(tmp_path / "junk", rc=1)
+    assert j["valid"] is False and "magic" in j["problem"] and j["status"] == "invalid"
     r = cli("hints", "--hints-path", tmp_path / "junk")
-    assert r.returncode == 0 and "safe default" in r.stdout
+    assert r.returncode == 1 and "safe default" in r.stdout
 
 
-def test_hints_watch_prints_changes(tmp_path):
+def test_hints_watch_prints_changes_only(tmp_path):
+    """Heartbeats every 0.05 s are not changes: --watch prints one line per change of the page
+    (appearing, each generation, stopping), and --every adds heartbeat lines."""
     path = tmp_path / "hints"
-    h = hostd(path, "--interval", "0.1", "--simulate", "0:realtime,0.5:oversubscribed",
-              "--duration", "30")
+    w = Proc([PY, "-m", "pvpatch.cli", "hints", "--hints-path", str(path), "--watch", "--json",
+              "--poll", "0.05"])
+    h = hostd(path, "--interval", "0.05", "--duration", "2.4",
+              "--simulate", "0:realtime,0.8:oversubscribed,1.6:realtime")
+    try:
+        w.wait_line('"status": "missing"')
+        h.wait_line("page marked stopped", timeout=20)
+        w.wait_line('"status": "stopped"', timeout=10)
+        rows = [json.loads(line) for line in w.history]
+        assert all(row["event"] == "change" for row in rows)
+        gens = [row["generation"] for row in rows if row["generation"] is not None]
+        assert gens == sorted(gens) and len(set(gens)) == len(gens), gens  # no repeats
+        keys = [(row["status"], row["generation"], row["active_hints"]) for row in rows]
+        assert all(a != b for a, b in zip(keys, keys[1:])), keys  # each line a change
+        assert ("usable", gens[-2], ["realtime"]) in keys, keys  # the last flip, seen
+        # ~48 publications; at most: missing, 4 generations (a new page shows generation 1,
+        # no hints, until its first publication), stopped
+        assert len(rows) <= 6, rows
+    finally:
+        w.close()
+        h.close()
+    h = hostd(path, "--interval", "0.05", "--simulate", "0:realtime", "--duration", "30")
     try:
         h.wait_line("hints=realtime")
-        r = cli("hints", "--hints-path", path, "--watch", "--json", "--count", "8", timeout=20)
-        assert r.returncode == 0, r.stderr
-        rows = [json.loads(line) for line in r.stdout.splitlines()]
-        assert len(rows) == 8
-        seqs = [row["seqcount"] for row in rows]
-        assert seqs == sorted(seqs) and len(set(seqs)) == 8  # one row per publication
+        r = cli("hints", "--hints-path", path, "--watch", "--count", "3", "--every", "0.2",
+                timeout=20)
+        lines = r.stdout.splitlines()
+        assert r.returncode == 0 and len(lines) == 3, r.stdout
+        assert "heartbeat" not in lines[0] and "usable: hints realtime" in lines[0]
+        assert all("heartbeat usable: hints realtime" in ln for ln in lines[1:]), lines
     finally:
         h.kill(signal.SIGTERM)
         h.close()
@@ -157,7 +183,7 @@ def test_metrics_endpoint(tmp_path):
     h = hostd(path, "--interval", "0.1", "--simulate", "0:realtime", "--metrics-port", "0",
               "--duration", "30")
     try:
-        line = h.wait_line("metrics on http://127.0.0.1:")
+        line = h.wait_line("metrics on http://127.0.0.1:")  # loopback unless told otherwise
         url = line.split("metrics on ")[1].strip()
         h.wait_line("hints=realtime")
 
@@ -165,14 +191,21 @@ def test_metrics_endpoint(tmp_path):
             with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.read().decode()
         text = scrape()
-        assert 'pvpatch_hint_active{hint="realtime"} 1.0' in text
-        assert "pvpatch_hints_generation" in text
-        assert 'pvpatch_hints_source_available{source="proc_stat"} 1.0' in text
-        assert "pvpatch_hints_online_cpus" in text
+        assert 'pvpatch_hostd_hint_active{hint="realtime"} 1.0' in text
+        assert "pvpatch_hostd_generation" in text
+        assert 'pvpatch_hostd_source_available{source="proc_stat"} 1.0' in text
+        assert f"pvpatch_hostd_online_cpus {float(os.cpu_count())}" in text
+        names = {ln.split("{")[0].split()[0] for ln in text.splitlines()
+                 if ln and not ln.startswith("#")}
+        assert all(n.startswith("pvpatch_hostd_") for n in names), names  # one prefix
+        for ln in text.splitlines():  # ratios in 0..1 (or NaN: not measured yet)
+            if ln.split(" ")[0].endswith("_ratio"):
+                v = float(ln.split()[1])
+                assert v != v or 0.0 <= v <= 1.0, ln
 
         def pubs():
             for ln in scrape().splitlines():
-                if ln.startswith("pvpatch_hints_publications_total"):
+                if ln.startswith("pvpatch_hostd_publications_total"):
                     return float(ln.split()[1])
         first = pubs()
         wait_until(lambda: pubs() > first, 10, "publications to grow")

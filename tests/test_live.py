@@ -1,4 +1,5 @@
-"""Live patching: the trap path, foreign traps, blocked SIGTRAP, W^X, and the selftest."""
+"""Live patching: the trap path, foreign traps, W^X, and the selftest (the trap path in hostile
+situations: tests/test_trap.py)."""
 import ctypes
 import json
 import os
@@ -14,9 +15,11 @@ from pvpatch import _core, patcher, wx
 
 
 def test_patcher_traps_on_its_own_int3_and_completes_the_site(selftest_native):
-    ev = pvpatch.runtime_patch({"selftest": "pv"}, hook=_core.selftest_hook())
+    # native -> alt: the hook's site goes from a call to alt's inline template, which takes the
+    # int3 protocol (a call -> call switch would be an atomic flip with no int3 to trap on).
+    ev = pvpatch.runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
     assert ev.traps_on_patcher == 1 and ev.traps == 1
-    assert _core.selftest_call(0) == 0x1002
+    assert _core.selftest_call(0) == 0x1003
 
 
 def test_foreign_sigtrap_reaches_its_own_handler(selftest_native):
@@ -41,31 +44,6 @@ def test_foreign_sigtrap_reaches_its_own_handler(selftest_native):
         assert len(seen) == 2  # our own trap did not reach the foreign handler
     finally:
         signal.signal(signal.SIGTRAP, old)
-
-
-def test_thread_blocking_sigtrap_refuses_the_batch(selftest_native):
-    ready, stop = threading.Event(), threading.Event()
-    tids = []
-
-    def blocker():
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
-        tids.append(threading.get_native_id())
-        ready.set()
-        stop.wait(30)
-
-    t = threading.Thread(target=blocker, name="blocks-trap")
-    t.start()
-    try:
-        assert ready.wait(10)
-        before = [patcher.site_bytes(s) for s in pvpatch.core_module.sites]
-        with pytest.raises(pvpatch.BatchRefused, match=rf"tid {tids[0]} .*block SIGTRAP"):
-            pvpatch.runtime_patch({"selftest": "pv"})
-        assert [patcher.site_bytes(s) for s in pvpatch.core_module.sites] == before
-        assert pvpatch.current()["selftest"] == "native"
-    finally:
-        stop.set()
-        t.join(10)
-    pvpatch.runtime_patch({"selftest": "pv"})  # the thread is gone: the batch goes
 
 
 def test_no_writable_and_executable_mapping_during_a_long_patch_loop(selftest_native):
@@ -114,7 +92,8 @@ def test_bench_patch_reports_three_syncs_per_batch():
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["patch"]["rows"]
     assert [r["sites"] for r in rows] == [10, 100, 1000, 10000]
-    assert all(r["syncs_per_batch"] == [3] for r in rows)
+    # 3 for every batch that writes int3; 1 only for a batch made entirely of atomic call flips
+    assert all(3 in r["syncs_per_batch"] and set(r["syncs_per_batch"]) <= {1, 3} for r in rows)
 
 
 def test_concurrent_callers_are_serialised(selftest_native):

@@ -1,7 +1,7 @@
 """The selftest's hostile options do what they say: a thread that runs sites with every signal
-blocked, and a site-running signal handler installed with a full mask.  No batch runs here (that
-is tests/test_selftest_hostile.py); these check the threads, masks and counters themselves."""
-import os
+blocked, and a site-running signal handler installed with a full mask.  The long run under
+patching is tests/test_selftest_hostile.py; these check the threads, masks and counters."""
+import signal
 import subprocess
 import sys
 import time
@@ -31,10 +31,12 @@ def test_blocker_thread_runs_sites_with_every_signal_blocked():
         while time.monotonic() < deadline and not seen_full:
             tid = _core.selftest_stats()["blocker_tid"]
             blk = _sigblk(tid) if tid else None
-            # Every signal the kernel lets a thread block (SIGKILL, SIGSTOP never are).
-            seen_full = blk is not None and blk & (1 << (5 - 1)) and blk & (1 << (10 - 1))
+            # Every signal it asked for; SIGTRAP is kept out by pvpatch (masks.c).
+            seen_full = (blk is not None and all(blk & (1 << (sig - 1)) for sig in
+                                                  (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM))
+                         and not blk & (1 << (signal.SIGTRAP - 1)))
             time.sleep(0.001)
-        assert seen_full, "the blocker thread was never seen with SIGTRAP and SIGUSR1 blocked"
+        assert seen_full, "the blocker thread was never seen with every signal but SIGTRAP blocked"
     finally:
         st = _core.selftest_stop(10.0)
     assert st["blocker_calls"] > 0 and st["blocker_passes"] > 0
@@ -53,10 +55,8 @@ def test_handler_mask_option(fullmask):
     finally:
         st = _core.selftest_stop(10.0)
     assert st["handler_calls"] >= 50 and st["handler_failures"] == 0
-    if fullmask:
-        assert st["handler_sigtrap_blocked"] == st["signals"]
-    else:
-        assert st["handler_sigtrap_blocked"] == 0
+    assert st["handler_fullmask"] == (st["signals"] if fullmask else 0)
+    assert st["handler_sigtrap_blocked"] == 0  # kept out by pvpatch (masks.c)
 
 
 def test_selftest_start_rejects_bad_arguments_and_starts_nothing():
@@ -66,13 +66,12 @@ def test_selftest_start_rejects_bad_arguments_and_starts_nothing():
         _core.selftest_stop(1.0)
 
 
-def test_cli_accepts_the_options_without_patching():
-    """--duration 0: no batch, so it runs on any trap handler; the flags reach the result."""
-    out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "selftest", "--duration", "0",
+def test_cli_hostile_flags_reach_the_result():
+    out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "selftest", "--duration", "0.3",
                           "--threads", "1", "--hostile", "--json"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     import json
     res = json.loads(out.stdout)
     assert res["sigblock_thread"] and res["fullmask_handler"]
-    assert res["failures"] == 0 and res["batches"] == 0
+    assert res["failures"] == 0 and res["sigblock_calls"] > 0

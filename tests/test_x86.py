@@ -40,13 +40,19 @@ def test_call_out_of_range_is_refused():
 
 
 @pytest.mark.parametrize("length", range(6, 16))
-def test_default_site_is_nops_then_call_through_slot(length):
+def test_default_site_is_one_call_through_slot(length):
+    """The build-time rendering has no inner instruction boundary: one call, ending the site,
+    with its rel32 in the same place as a direct call rendering's."""
     slot = SITE + 0x2000
-    insns = decode(x86.default_site(SITE, slot, length), SITE)
-    *pad, call = insns
-    assert all(t.startswith("nop") for _, _, t in pad)
-    assert call[2] == f"callq *{slot - (SITE + length):#x}(%rip)"
-    assert call[0] + call[1] == SITE + length  # the call ends the site: returns land on its end
+    code = x86.default_site(SITE, slot, length)
+    insns = decode(code, SITE)
+    assert len(insns) == 1
+    addr, size, text = insns[0]
+    assert (addr, size) == (SITE, length)  # returns land on the site end
+    assert text.replace("%cs:", "") == f"callq *{slot - (SITE + length):#x}(%rip)"
+    direct = x86.call_rel32(SITE, SITE + 0x40, length)
+    assert code[:length - 6] == direct[:length - 6] == bytes([x86.CS]) * (length - 6)
+    assert code[length - 6:length - 4] == b"\xff\x15" and direct[length - 5] == 0xE8
 
 
 @pytest.mark.parametrize("tmpl,text", [

@@ -2,7 +2,7 @@
 
 patch: runtime_patch over generated sites (10 .. 10,000), whole call and the C batch alone, and
 the syncs each batch took; with threads, also with idle threads and with busy threads trapping
-on the sites being patched.  Other suites (locks, hints) register themselves in SUITES.
+on the sites being patched.  Other suites (hints) register themselves in SUITES.
 """
 from __future__ import annotations
 
@@ -55,8 +55,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
             wall, batch, syncs, traps = [], [], set(), 0
             if busy or idle:
                 _core.bench_threads_start(fns, busy, idle)
-            # Syncs issued by trap handlers, where the core counts them (0 where they issue none).
-            hsyncs0 = _core.trap_counters().get("helper_syncs", 0)
+            flips0 = _core.trap_counters()["atomic_flips"]
             try:
                 for i in range(repeat):
                     variant = ("pv", "alt", "native")[i % 3]
@@ -68,7 +67,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
                     traps += ev.traps
             finally:
                 bt = _core.bench_threads_stop() if busy or idle else {"calls": 0, "failures": 0}
-            hsyncs = _core.trap_counters().get("helper_syncs", 0) - hsyncs0
+            flips = _core.trap_counters()["atomic_flips"] - flips0
             pvpatch.runtime_patch({group: "native"})
             row = {"sites": n, "load": load, "threads": busy + idle, "repeat": repeat,
                    "median_ms": statistics.median(wall) * 1e3, "p90_ms": _pct(wall, 0.9) * 1e3,
@@ -76,7 +75,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
                    "batch_median_ms": statistics.median(batch) * 1e3,
                    "batch_p99_ms": _pct(batch, 0.99) * 1e3,
                    "syncs_per_batch": sorted(syncs), "traps_per_batch": traps / repeat,
-                   "handler_syncs_per_batch": hsyncs / repeat,
+                   "atomic_flips_per_batch": flips / repeat,
                    "busy_calls": bt["calls"], "busy_failures": bt["failures"]}
             res["rows"].append(row)
             if progress:
@@ -92,7 +91,7 @@ def format_patch(res: dict) -> str:
                    f"{res['loadavg_after'][0]:.2f} at end")
     out.append(f"{'sites':>7} {'load':>11} {'median ms':>10} {'p99 ms':>9} {'min ms':>9} "
                f"{'C batch ms':>11} {'syncs/batch':>12} {'traps/batch':>12} "
-               f"{'handler syncs/batch':>20}")
+               f"{'flips/batch':>12}")
     for r in res["rows"]:
         load = r.get("load", "alone")
         if r.get("threads"):
@@ -102,7 +101,7 @@ def format_patch(res: dict) -> str:
                    f"{r['batch_median_ms']:>11.3f} "
                    f"{','.join(map(str, r['syncs_per_batch'])):>12} "
                    f"{r.get('traps_per_batch', 0):>12.1f} "
-                   f"{r.get('handler_syncs_per_batch', 0):>20.1f}")
+                   f"{r.get('atomic_flips_per_batch', 0):>12.1f}")
         if r.get("busy_failures"):
             out.append(f"        FAILURES: {r['busy_failures']} wrong results in "
                        f"{r['busy_calls']} site calls")

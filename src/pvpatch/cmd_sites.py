@@ -7,6 +7,9 @@ from . import elfsites, patcher
 from .descriptor import SITE_RECORD_SIZE
 
 
+JSON_SCHEMA = 1  # --footprint --json; bumped when a field changes meaning
+
+
 def site_rows() -> list[dict]:
     import pvpatch  # noqa: F401  (registers the core)
 
@@ -37,7 +40,7 @@ def footprint() -> dict:
                              "vaddr": 0, "offset": 0, "align": 8})
     dropped = {m.name: m.boot_bytes_dropped for m in patcher.registry.modules
                if m.boot_bytes_dropped}
-    return {"sections": sections, "bytes_per_record": SITE_RECORD_SIZE,
+    return {"schema": JSON_SCHEMA, "sections": sections, "bytes_per_record": SITE_RECORD_SIZE,
             "boot_records_dropped_bytes": dropped}
 
 

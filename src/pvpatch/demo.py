@@ -24,7 +24,15 @@ def _h(title: str) -> None:
 
 def _sites() -> bool:
     import pvpatch
-    from .disasm import text
+    from .extras import MissingExtra
+
+    try:
+        from .disasm import text
+    except MissingExtra as exc:  # the demo runs without the extra; it only shows less
+        print(f"(no disassembly: {exc})")
+
+        def text(code: bytes, addr: int) -> str:
+            return ""
 
     sites = pvpatch.registry.sites()
     kinds = Counter((s.group, s.kinds[pvpatch.registry.groups[s.group].current]) for s in sites)
@@ -33,7 +41,7 @@ def _sites() -> bool:
     unlock = next(s for s in sites if s.group == "lock" and s.op == "unlock")
     for v in ("native", "pv"):
         print(f"  lock.unlock at {unlock.addr:#x}, {v:>6}: {unlock.renderings[v].hex():<14} "
-              f"{text(unlock.renderings[v], unlock.addr)}")
+              f"{text(unlock.renderings[v], unlock.addr)}".rstrip())
     return True
 
 
@@ -43,7 +51,7 @@ def _selftest(seconds: float) -> bool:
     r = selftest.run(duration=seconds, nmi_level=3)
     print(f"{r.batches} batches ({r.sites_patched} sites) while {r.threads} threads made "
           f"{r.site_calls:,} site calls and handlers took {r.signals:,} signals")
-    print(f"traps: {r.traps} handled, {r.traps_helped} completed by the trapping thread, "
+    print(f"traps: {r.traps} handled, {r.traps_helped} emulated in the trapping thread, "
           f"{r.traps_on_patcher} on the patcher itself; failures: {r.failures}")
     return r.ok
 
@@ -69,19 +77,53 @@ def _torture(writers: int, seconds: float, mode: str = "toggle", hints_path=None
 
 
 def _ratio(rates: dict, a: str, b: str) -> str:
+    from .torture import format_ratio
     ra, rb = rates.get(f"pvpatch {a}", 0.0), rates.get(f"pvpatch {b}", 0.0)
-    return f"{ra / rb:,.2f}x" if rb else "n/a"
+    return format_ratio(ra / rb) if rb else "n/a"
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def busy_note(load: float, cpus: int, steal_pct: float | None) -> str | None:
+    """A note when the machine looks busy: more runnable tasks than CPUs on average, or time
+    stolen by the hypervisor.  Ratios measured then swing with the load."""
+    why = []
+    if load > cpus:
+        why.append(f"load average {load:.1f} on {cpus} CPUs")
+    if steal_pct is not None and steal_pct >= 2.0:
+        why.append(f"{steal_pct:.0f}% of CPU time stolen by the hypervisor")
+    if not why:
+        return None
+    return ("note: this machine looks busy (" + ", ".join(why) + "); the rates above were "
+            "measured anyway and swing with the load")
 
 
 def _locks(seconds: float) -> bool:
     cpus = os.cpu_count() or 1
     over, under = 4 * cpus, cpus
+    t0 = _cpu_times()
     ok1, r1, n1 = _torture(over, seconds)
     print(f"{over} writers on {cpus} CPUs: native {r1.get('pvpatch native', 0):>14,.0f}/s   "
           f"pv {r1.get('pvpatch pv', 0):>14,.0f}/s   pv/native {_ratio(r1, 'pv', 'native')}")
     ok2, r2, n2 = _torture(under, seconds)
     print(f"{under} writers on {cpus} CPUs: native {r2.get('pvpatch native', 0):>14,.0f}/s   "
           f"pv {r2.get('pvpatch pv', 0):>14,.0f}/s   native/pv {_ratio(r2, 'native', 'pv')}")
+    t1 = _cpu_times()
+    steal = (100.0 * (t1[0] - t0[0]) / (t1[1] - t0[1])
+             if t0 and t1 and t1[1] > t0[1] else None)
+    # The load average as the demo started: later, it counts the demo's own threads.
+    note = busy_note(_load_at_start[0], cpus, steal)
+    if note:
+        print(note)
     if ok1 and ok2:
         print(f"(native and pv alternate every second within each run: {n1} and {n2} live "
               f"switches of a lock in use, no mutual-exclusion failure, no lost wake-up)")
@@ -115,9 +157,13 @@ def _hints(seconds: float) -> bool:
     return ok
 
 
+_load_at_start = [0.0]
+
+
 def run(quick: bool = False) -> int:
     import pvpatch  # noqa: F401  (registers the core)
 
+    _load_at_start[0] = os.getloadavg()[0]
     t = 2.0 if quick else 4.0
     steps = [("1. the sites", _sites, ()),
              ("2. switching under fire: selftest --nmi-level 3", _selftest, (t,)),

@@ -15,6 +15,7 @@ ABI_VERSION = 1
 SITE_RECORD_SIZE = 8
 F_BOOT = 0x01
 F_NOINLINE = 0x02
+F_UNALIGNED = 0x04  # no padding: the rel32 field of a call rendering may be unaligned
 IMPL_NOP = 0x01
 SECTIONS = {"runtime": "pvpatch_runtime", "boot": "pvpatch_boot"}
 

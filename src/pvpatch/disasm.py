@@ -1,7 +1,12 @@
-"""Disassembly with capstone, for `pvpatch sites --disasm` and for the encoder's tests."""
+"""Disassembly with capstone, for `pvpatch sites --disasm` and for the encoder's tests.
+
+capstone is the extra ``pvpatch[disasm]``: without it, importing this module raises MissingExtra
+with the install hint."""
 from __future__ import annotations
 
-import capstone
+from .extras import require
+
+capstone = require("capstone", "disassembly")
 
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.syntax = capstone.CS_OPT_SYNTAX_ATT

@@ -24,7 +24,6 @@ _lock = threading.RLock()          # serialises registration and runtime_patch
 _remapped: dict[int, int] = {}      # text start -> alias delta
 events: deque = deque(maxlen=1000)  # PatchEvent, newest last
 _transitions: dict[str, Callable] = {}
-SIGTRAP = 5
 
 
 @dataclass
@@ -54,43 +53,6 @@ def _read(addr: int, n: int) -> bytes:
     return _core.read(addr, n)
 
 
-def threads_blocking_sigtrap() -> list[tuple[int, str]]:
-    """(tid, name) of this process's threads that block SIGTRAP: an int3 would kill them."""
-    out = []
-    bit = 1 << (SIGTRAP - 1)
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/status") as f:
-                status = f.read()
-        except FileNotFoundError:  # the thread exited meanwhile
-            continue
-        name, blocked = "?", 0
-        for line in status.splitlines():
-            if line.startswith("Name:"):
-                name = line.split(None, 1)[1] if " " in line or "\t" in line else "?"
-            elif line.startswith("SigBlk:"):
-                blocked = int(line.split()[1], 16)
-        if blocked & bit:
-            out.append((int(tid), name.strip()))
-    return out
-
-
-def _check_threads() -> None:
-    # A thread being created blocks every signal until it starts running its own code (glibc's
-    # pthread_create), so a blocked SIGTRAP must persist across a few looks to count.
-    bad = threads_blocking_sigtrap()
-    for _ in range(5):
-        if not bad:
-            return
-        time.sleep(0.002)
-        bad = [t for t in threads_blocking_sigtrap() if t in bad]
-    if bad:
-        names = ", ".join(f"tid {t} ({n})" for t, n in bad)
-        raise BatchRefused(f"refused: thread(s) {names} block SIGTRAP; a thread that traps on "
-                           f"a site under patch with SIGTRAP blocked is killed by the kernel. "
-                           f"Nothing was written.")
-
-
 def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 0) -> dict:
     """Apply one batch made of flat (addrs, aliases, lens, old, new) pieces."""
     addrs, aliases = array("Q"), array("Q")
@@ -103,8 +65,10 @@ def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 
         new += n
     if not lens:
         return {"sites": 0, "syncs": 0, "ns": 0.0, "traps": 0, "traps_helped": 0,
-                "traps_on_patcher": 0, "retire_stalled": False}
-    _check_threads()
+                "traps_on_patcher": 0, "stale_traps": 0, "flips": 0, "trapping": 0,
+                "late_sync_errno": 0}
+    # No look at other threads' signal masks: a batch never waits for, or refuses because of,
+    # another thread (docs/protocol.md, "SIGTRAP blocked").
     try:
         _core.install_trap_handler()
         res = _core.apply_batch(addrs.tobytes(), aliases.tobytes(), bytes(lens), bytes(old),
@@ -116,9 +80,6 @@ def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 
         raise BatchRefused(f"refused: site {what}: {reason}. Nothing was written.") from None
     except OSError as exc:
         raise syscall_error(exc) from None
-    if res["retire_stalled"]:
-        raise PvpatchError("batch applied, but a trap handler did not leave it within the "
-                           "bound; further batches are refused until it does")
     return res
 
 
@@ -252,6 +213,10 @@ def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
     for g, target in changes.items():           # commit
         registry.groups[g].current = target
         _set_slots(g, target)
+    if res.get("late_sync_errno"):
+        # Sync #3 failed after the sites were whole and new: committed, and said.
+        e = res["late_sync_errno"]
+        raise syscall_error(OSError(e, os.strerror(e), "membarrier"))
 
 
 def runtime_patch(changes: dict[str, str], *, hook: int = 0) -> PatchEvent:

@@ -192,7 +192,9 @@ class Registry:
             actual = read(rec.addr, rec.length)
             if actual != expected:
                 raise SiteError(where, f"bytes {actual.hex()} are not the default "
-                                       f"{expected.hex()} (call *slot(%rip) padded)")
+                                       f"{expected.hex()} (call *slot(%rip) stretched with CS "
+                                       f"prefixes; a module built with an older pvpatch.h must "
+                                       f"be rebuilt)")
             renderings, kinds = {}, {}
             for v, impl in zip(g.variants, op.impls):
                 try:

@@ -7,18 +7,27 @@ writers move to the next every ``toggle_every`` seconds, so that every configura
 in the same process under the same noise, side by side; the summary gives each one's rate and
 the ratios.  Writes counted while a switch is in progress belong to no configuration.
 
-Output follows the kernel's locktorture::
+Output follows the kernel's locktorture (kernel/locking/locktorture.c: the statistics line of
+__torture_print_stats, the end line of lock_torture_print_module_parms; the ``<type>-torture:``
+prefix as Documentation/locking/locktorture.rst shows it)::
 
-    pvpatch-torture: Writes:  Total: 1048759000  Max/Min: 131244/130977  Fail: 0
+    pvpatch-torture:--- Start of test: hold_ns=0 locks=pvpatch mode=toggle ... nwriters_stress=4
+    pvpatch-torture: Writes:  Total: 1048759000  Max/Min: 131244/130977   Fail: 0
     # toggle pv
     ...
-    End of test: SUCCESS
+    pvpatch-torture:--- End of test: SUCCESS: hold_ns=0 locks=pvpatch mode=toggle ...
 
-with `` ???`` appended when Max/2 > Min (a starved writer) and `` !!!`` when Fail > 0.
+The statistics line is the kernel's format string, ``"%s:  Total: %lld  Max/Min: %ld/%ld %s  Fail:
+%d %s"``, field for field: ``???`` stands between Max/Min and Fail when Max/2 > Min in integer
+arithmetic (a starved writer), ``!!!`` after Fail when it is not 0; an empty field leaves its
+spaces (hence three spaces before ``Fail:`` and a trailing space).  One difference, on purpose:
+Fail is the number of violations, where the kernel prints 0 or 1.  With several locks side by
+side, each interval prints one line per lock, prefixed with that lock's name.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -30,7 +39,10 @@ from .errors import PvpatchError
 
 KINDS: tuple[str, ...] = tuple(k for k in _core.torture_kinds() if k != "none")
 MODES = ("native", "pv", "auto", "toggle")
-PREFIX = "pvpatch-torture:"
+TORTURE_FLAG = "-torture:"        # include/linux/torture.h
+# kernel/locking/locktorture.c, __torture_print_stats(): the format the statistics line follows.
+KERNEL_STATS_FORMAT = "%s:  Total: %lld  Max/Min: %ld/%ld %s  Fail: %d %s"
+JSON_SCHEMA = 1                   # torture --json; bumped when a field changes meaning
 
 
 class TortureError(PvpatchError, ValueError):
@@ -50,8 +62,13 @@ class Config:
     hints_path: str | None = None    # --mode auto: the hint page
     pv_spin: int | None = None       # pv waiters' spin bound (None: the library's default)
     rescue: float | None = None      # sleepers' rescue timeout, s (None: the default)
+    quiet: bool = False              # no '# toggle' / '# lock' line per switch
 
     def check(self) -> None:
+        for name in ("duration", "stat_interval", "toggle_every", "stall_timeout", "rescue"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise TortureError(f"--{name.replace('_', '-')} {v}: must be a finite number")
         if self.writers < 0 or self.writers > 1024:
             raise TortureError(f"--writers {self.writers}: must be 1..1024 (0: 2 x CPUs)")
         if not self.duration > 0:
@@ -60,8 +77,12 @@ class Config:
             raise TortureError(f"--stat-interval {self.stat_interval}: must be > 0")
         if not self.toggle_every > 0:
             raise TortureError(f"--toggle-every {self.toggle_every}: must be > 0")
-        if self.hold_ns < 0:
-            raise TortureError(f"--hold-ns {self.hold_ns}: must be >= 0")
+        if not 0 <= self.hold_ns <= 10**10:
+            raise TortureError(f"--hold-ns {self.hold_ns}: must be 0..10000000000 (10 s)")
+        if self.pv_spin is not None and not 0 <= self.pv_spin <= 1 << 24:
+            raise TortureError(f"--pv-spin {self.pv_spin}: must be 0..{1 << 24}")
+        if self.rescue is not None and not 0.001 <= self.rescue <= 3600:
+            raise TortureError(f"--rescue {self.rescue:g}: must be 0.001..3600 s")
         if not self.stall_timeout > 0:
             raise TortureError(f"--stall-timeout {self.stall_timeout}: must be > 0")
         if self.mode not in MODES:
@@ -102,13 +123,14 @@ def config_name(cfg: tuple[str, str | None]) -> str:
 @dataclass
 class Interval:
     t: float           # seconds since the start, at the end of the interval
-    total: int         # cumulative writes
-    max: int           # cumulative writes of the busiest writer
+    total: int         # cumulative writes on this lock
+    max: int           # cumulative writes of the busiest writer, on this lock
     min: int           # ... of the least busy one
-    fail: int          # cumulative mutual-exclusion violations
+    fail: int          # cumulative mutual-exclusion violations on this lock
     mode: str          # configuration at the end of the interval
-    writes: int        # writes in this interval
-    lost_wakeups: int  # cumulative late/lost wake-ups (rescued sleepers)
+    writes: int        # writes on this lock in this interval
+    lost_wakeups: int  # cumulative late/lost wake-ups (rescued sleepers), whole run
+    lock: str = ""     # the lock these figures are for (one Interval per lock per line)
 
 
 @dataclass
@@ -133,6 +155,7 @@ class Result:
     stalled: bool
     stuck_writers: list[int]
     rates: dict[str, float]
+    ratios: dict[str, float]
     lock_stats: dict[str, int]
     success: bool
     reasons: list[str]
@@ -143,22 +166,59 @@ class Result:
                 "switch_failures": len(self.switch_failures), "lost_wakeups": self.lost_wakeups,
                 "lost_updates": self.lost_updates, "stalled": self.stalled,
                 "stuck_writers": self.stuck_writers, "rates": self.rates,
+                "ratios": self.ratios,
                 "lock_stats": self.lock_stats, "success": self.success, "reasons": self.reasons,
                 "auto_switches": self.auto_switches}
 
     def as_json(self) -> dict:
-        return {"config": self.config, "intervals": [asdict(i) for i in self.intervals],
+        return {"schema": JSON_SCHEMA, "config": self.config,
+                "intervals": [asdict(i) for i in self.intervals],
                 "segments": [asdict(s) for s in self.segments], "summary": self.summary()}
 
 
-def format_line(total: int, mx: int, mn: int, fail: int) -> str:
-    """One locktorture statistics line."""
-    line = f"{PREFIX} Writes:  Total: {total}  Max/Min: {mx}/{mn}  Fail: {fail}"
-    if mx / 2 > mn:
-        line += " ???"
-    if fail > 0:
-        line += " !!!"
-    return line
+def format_line(total: int, mx: int, mn: int, fail: int, lock: str = "pvpatch") -> str:
+    """One locktorture statistics line: KERNEL_STATS_FORMAT with the kernel's arguments
+    ("Writes", sum, max, min, max / 2 > min ? "???" : "", fail, fail ? "!!!" : ""), after the
+    lock's ``<type>-torture: `` prefix."""
+    starved = "???" if mx // 2 > mn else ""   # C's long division
+    return (f"{lock}{TORTURE_FLAG} Writes:  Total: {total}  Max/Min: {mx}/{mn} {starved}  "
+            f"Fail: {fail} {'!!!' if fail else ''}")
+
+
+def params_line(config: "Config", tag: str) -> str:
+    """The kernel's start and end line (lock_torture_print_module_parms): the type, '--- ', the
+    tag, ': ' and every parameter as name=value, in the kernel's names where it has one."""
+    c = config
+    params = {"hold_ns": c.hold_ns, "locks": ",".join(c.locks), "mode": c.mode,
+              "nreaders_stress": 0, "nwriters_stress": c.writers,
+              "stat_interval": f"{c.stat_interval:g}", "toggle_every": f"{c.toggle_every:g}"}
+    return (f"{','.join(c.locks)}{TORTURE_FLAG}--- {tag}: "
+            + " ".join(f"{k}={v}" for k, v in params.items()))
+
+
+def format_ratio(x: float) -> str:
+    """A ratio with the precision it has: three significant figures, whole numbers (with
+    thousands separators) from 1,000 up."""
+    if x >= 1000:
+        return f"{x:,.0f}x"
+    return f"{x:.3g}x"
+
+
+def ratio_pairs(rates: dict[str, float], writers: int, cpus: int) -> list[tuple[str, str]]:
+    """Which ratios to print, each once, in the README's direction: a pvpatch configuration over
+    any other lock; between pvpatch's own variants, the one meant for the load over the other
+    (pv / native with more writers than CPUs, native / pv otherwise)."""
+    names = list(rates)
+    ours = [n for n in names if n.startswith("pvpatch ")]
+    others = [n for n in names if not n.startswith("pvpatch ")]
+    pairs = []
+    if "pvpatch native" in ours and "pvpatch pv" in ours:
+        pairs.append(("pvpatch pv", "pvpatch native") if writers > cpus
+                     else ("pvpatch native", "pvpatch pv"))
+    pairs += [(a, b) for a in ours for b in others]
+    for i, a in enumerate(others):  # other locks among themselves, in --lock order
+        pairs += [(a, b) for b in others[i + 1:]]
+    return pairs
 
 
 def _lock_word(v: int) -> str:
@@ -204,6 +264,7 @@ class Watchdog(threading.Thread):
         super().__init__(name="pvpatch-torture-watchdog", daemon=True)
         self.handle, self.timeout, self.grace = handle, timeout, grace
         self.on_stall, self.hard_exit = on_stall, hard_exit
+        self.end_line = "End of test: FAILURE"  # the run's own end line, set by Torture.run
         self.stalled = threading.Event()
         self.heartbeat = time.monotonic()
         self._stop = threading.Event()
@@ -227,7 +288,7 @@ class Watchdog(threading.Thread):
             self.stalled.set()
             self.on_stall(state_dump(self.handle, why))
             if not self._stop.wait(self.timeout) and self.hard_exit:
-                self.on_stall(["# the run does not end: giving up", "End of test: FAILURE"])
+                self.on_stall(["# the run does not end: giving up", self.end_line])
                 os._exit(3)
             return
 
@@ -267,10 +328,11 @@ class Torture:
             except locks.LockSwitchIncomplete as exc:
                 err = str(exc)
             else:
-                self._say(f"# toggle {variant}")
+                if not self.config.quiet:
+                    self._say(f"# toggle {variant}")
         if prev is None or prev[0] != kind:
             _core.torture_set_kind(handle, kind)
-            if len(self.config.locks) > 1:
+            if len(self.config.locks) > 1 and not self.config.quiet:
                 self._say(f"# lock {kind}")
         return err
 
@@ -296,8 +358,40 @@ class Torture:
         segments: list[Segment] = []
         counts: dict[str, tuple[int, float]] = {}
 
-        handle = _core.torture_start(c.writers, c.hold_ns, configs[0][0])
+        try:
+            handle = _core.torture_start(c.writers, c.hold_ns, configs[0][0])
+        except BaseException:
+            _core.lock_tune(pv_spin=tune_before[0], rescue=tune_before[1])
+            raise
         dumps: list[list[str]] = []
+        # Per-lock statistics: the core counts per writer, whatever lock it is on, and all
+        # writers move to the next lock together.  Each lock's counts are the writers' counts
+        # accumulated over the stretches it ran; writes made while the writers move between two
+        # locks (a few, during _enter) are counted for neither.
+        nw = c.writers
+        lock_acc = {k: ([0] * nw, [0] * nw) for k in c.locks}
+        lock_base = ([0] * nw, [0] * nw)  # the counters when the current lock's stretch began
+        lock_now = [configs[0][0]]
+        lock_prev_total = {k: 0 for k in c.locks}
+
+        def per_lock(writes, fails) -> dict[str, tuple[list[int], list[int]]]:
+            out = {}
+            for k, (aw, af) in lock_acc.items():
+                if k == lock_now[0]:
+                    out[k] = ([a + w - b for a, w, b in zip(aw, writes, lock_base[0])],
+                              [a + f - b for a, f, b in zip(af, fails, lock_base[1])])
+                else:
+                    out[k] = (aw, af)
+            return out
+
+        def stat_lines(t: float, writes, fails, mode: str) -> None:
+            lost = _core.lock_stats()["late_wakeups"] - stats0["late_wakeups"]
+            for k, (w, f) in per_lock(writes, fails).items():
+                total = sum(w)
+                self._say(format_line(total, max(w), min(w), sum(f), lock=k))
+                intervals.append(Interval(t, total, max(w), min(w), sum(f), mode,
+                                          total - lock_prev_total[k], lost, lock=k))
+                lock_prev_total[k] = total
 
         def on_stall(lines: list[str]) -> None:
             dumps.append(lines)
@@ -307,6 +401,7 @@ class Torture:
         from .locks import grace_timeout
         dog = Watchdog(handle, c.stall_timeout, 2 * grace_timeout + 5.0, on_stall,
                        self.hard_exit_on_hang)
+        dog.end_line = params_line(c, "End of test: FAILURE")
         try:
             t0 = time.monotonic()
             err = self._enter(handle, configs[0], None)
@@ -322,7 +417,6 @@ class Torture:
             end = t0 + c.duration
             next_stat = t0 + c.stat_interval
             next_rotate = t0 + c.toggle_every if len(configs) > 1 else float("inf")
-            prev_total = 0
 
             def cur_name() -> str:
                 # What runs, not what was asked for: a switch may have stopped at hybrid.
@@ -355,20 +449,22 @@ class Torture:
                         self._say(f"# toggle {v}")
                 if now >= next_stat:
                     writes, fails = _core.torture_read(handle)
-                    total = sum(writes)
-                    lost = _core.lock_stats()["late_wakeups"] - stats0["late_wakeups"]
-                    self._say(format_line(total, max(writes), min(writes), sum(fails)))
-                    intervals.append(Interval(round(now - t0, 3), total, max(writes),
-                                              min(writes), sum(fails), cur_name(),
-                                              total - prev_total, lost))
-                    prev_total = total
+                    stat_lines(round(now - t0, 3), writes, fails, cur_name())
                     next_stat += c.stat_interval
                 if now >= next_rotate:
                     w = sum(_core.torture_read(handle)[0])
                     segments.append(Segment(seg_t0 - t0, now - t0, cur_name(), w - seg_w0))
                     prev = configs[ci]
                     ci = (ci + 1) % len(configs)
+                    moving = configs[ci][0] != prev[0]
+                    if moving:  # close the stretch of the lock the writers leave
+                        writes, fails = _core.torture_read(handle)
+                        for acc, cur, base in zip(lock_acc[prev[0]], (writes, fails), lock_base):
+                            acc[:] = [a + x - b for a, x, b in zip(acc, cur, base)]
                     err = self._enter(handle, configs[ci], prev)
+                    if moving:
+                        lock_base = _core.torture_read(handle)
+                        lock_now[0] = configs[ci][0]
                     if err:
                         switch_failures.append(err)
                         self._say(f"# switch incomplete: {err}")
@@ -381,10 +477,7 @@ class Torture:
             w = sum(writes)
             segments.append(Segment(seg_t0 - t0, now - t0, cur_name(), w - seg_w0))
             if not intervals or intervals[-1].t < round(now - t0, 3):  # the closing line
-                lost = _core.lock_stats()["late_wakeups"] - stats0["late_wakeups"]
-                self._say(format_line(w, max(writes), min(writes), sum(fails)))
-                intervals.append(Interval(round(now - t0, 3), w, max(writes), min(writes),
-                                          sum(fails), cur_name(), w - prev_total, lost))
+                stat_lines(round(now - t0, 3), writes, fails, cur_name())
         finally:
             dog.stop()
             if auto_handle is not None:
@@ -407,6 +500,8 @@ class Torture:
             n, secs = counts.get(s.config, (0, 0.0))
             counts[s.config] = (n + s.writes, secs + (s.t1 - s.t0))
         rates = {k: n / secs for k, (n, secs) in counts.items() if secs > 0}
+        ratios = {f"{a} / {b}": rates[a] / rates[b]
+                  for a, b in ratio_pairs(rates, c.writers, os.cpu_count() or 1) if rates[b] > 0}
         if fail:
             reasons.append(f"{fail} mutual-exclusion violation(s) detected in critical sections")
         if lost_updates:
@@ -433,29 +528,27 @@ class Torture:
                       intervals=intervals, segments=segments, switches=switches,
                       switch_failures=switch_failures, fail=fail, total=total,
                       lost_wakeups=stats["late_wakeups"], lost_updates=lost_updates,
-                      stalled=stalled, stuck_writers=stop["stuck"], rates=rates,
+                      stalled=stalled, stuck_writers=stop["stuck"], rates=rates, ratios=ratios,
                       lock_stats={k: v for k, v in stats.items() if v}, success=not reasons,
                       reasons=reasons, auto_switches=[e.to_json() for e in auto_events])
 
 
-def report(result: Result, say: Callable[[str], None]) -> None:
-    """The end of the run: per-configuration rates, ratios, the verdict."""
+def report(result: Result, say: Callable[[str], None], config: Config | None = None) -> None:
+    """The end of the run: per-configuration rates, each ratio once, the verdict, and the
+    kernel's end line (given the run's Config; without it, the bare verdict)."""
     for name, rate in result.rates.items():
         secs = sum(s.t1 - s.t0 for s in result.segments if s.config == name)
         n = sum(s.writes for s in result.segments if s.config == name)
         say(f"# {name}: {n:,} writes in {secs:.1f} s ({rate:,.0f}/s)")
-    names = list(result.rates)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            ra, rb = result.rates[a], result.rates[b]
-            if ra > 0 and rb > 0:
-                say(f"# ratio {b} / {a}: {rb / ra:.2f}")
+    for pair, r in result.ratios.items():
+        say(f"# ratio {pair}: {format_ratio(r)}")
     if result.switches or result.switch_failures:
         say(f"# switches: {result.switches} completed, {len(result.switch_failures)} stopped "
             f"at hybrid")
     for r in result.reasons:
         say(f"# FAILURE: {r}")
-    say(f"End of test: {'SUCCESS' if result.success else 'FAILURE'}")
+    tag = f"End of test: {'SUCCESS' if result.success else 'FAILURE'}"
+    say(params_line(config, tag) if config is not None else tag)
 
 
 def write_json(result: Result, path: str) -> None:
@@ -464,38 +557,43 @@ def write_json(result: Result, path: str) -> None:
         f.write("\n")
 
 
+PLOT_FORMATS = (".png", ".svg")
+
+
 def plot(result: Result, path: str) -> None:
-    """Writes per second of every segment, each configuration shaded in its own colour."""
-    import matplotlib
+    """Acquisitions per second: one series per configuration (a point per stretch it ran, at
+    the stretch's middle), the stretches shaded in the series' colour, the legend outside the
+    axes so that it covers no data.  The format follows the file name: .png or .svg."""
+    from .extras import require
+    matplotlib = require("matplotlib", "torture --plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not path.lower().endswith(PLOT_FORMATS):
+        raise TortureError(f"--plot {path}: give a file name ending in .png or .svg")
     names = list(dict.fromkeys(s.config for s in result.segments))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colour = {n: colours[i % len(colours)] for i, n in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    seen = set()
-    for s in result.segments:  # shaded: which configuration ran; line: its rate
-        dt = s.t1 - s.t0
-        if dt <= 0:
-            continue
-        label = s.config if s.config not in seen else None
-        seen.add(s.config)
-        ax.axvspan(s.t0, s.t1, color=colour[s.config], alpha=0.18, lw=0, label=label)
-        ax.hlines(max(s.writes / dt, 1.0), s.t0, s.t1, color=colour[s.config], lw=2)
-    t_prev = 0.0
-    for k, i in enumerate(result.intervals):  # the statistics lines' intervals
-        if i.t > t_prev:
-            ax.hlines(max(i.writes / (i.t - t_prev), 1.0), t_prev, i.t, color="black", lw=0.8,
-                      ls="--", label="per stat interval" if k == 0 else None)
-        t_prev = i.t
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for s in result.segments:  # shading: which configuration ran when (no legend entry)
+        if s.t1 > s.t0:
+            ax.axvspan(s.t0, s.t1, color=colour[s.config], alpha=0.12, lw=0)
+    for n in names:
+        segs = [s for s in result.segments if s.config == n and s.t1 > s.t0]
+        if segs:
+            ax.plot([(s.t0 + s.t1) / 2 for s in segs],
+                    [max(s.writes / (s.t1 - s.t0), 1.0) for s in segs],
+                    color=colour[n], marker="o", ms=3, lw=1.2,
+                    label=f"{n} ({result.rates.get(n, 0):,.0f}/s)")
     ax.set_yscale("log")
     ax.set_xlabel("seconds")
     ax.set_ylabel("acquisitions per second")
     c = result.config
-    ax.set_title(f"pvpatch torture: {c['writers']} writers, hold {c['hold_ns']} ns, "
-                 f"{'SUCCESS' if result.success else 'FAILURE'}")
-    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"pvpatch torture: lock {', '.join(c['locks'])}, mode {c['mode']}, "
+                 f"{c['writers']} writers on {os.cpu_count()} CPUs, hold {c['hold_ns']} ns: "
+                 f"{'SUCCESS' if result.success else 'FAILURE'}", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8,
+              title="configuration (mean rate)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -9,8 +9,11 @@ rendering agrees on where instructions start: the site start and the site end.  
 stretched with CS segment-override prefixes, which are ignored in 64-bit mode (assemblers pad
 branches with them; compilers emit `cs call` for the same reason).
 
-The default rendering is the exception: canonical NOPs then `call *slot(%rip)`, so that a return
-lands on the site end.  It only ever runs before its module registers.
+The build-time default rendering follows the same rule: `call *slot(%rip)` (ff 15 rel32)
+stretched with the same prefixes, so a thread that runs a site before its module registers (or
+is inside the slot's function, to return to the site end) is on a boundary of every rendering
+when registration rewrites it.  All call renderings of a site (default and direct) keep their
+rel32 field in the site's last 4 bytes; the header aligns it to 4 bytes.
 """
 from __future__ import annotations
 
@@ -87,11 +90,19 @@ def call_rel32(site: int, target: int, length: int = CALL_REL32_LEN) -> bytes:
     return stretch(b"\xe8" + rel32(site + length, target), length)
 
 
+def call_slot(site: int, slot: int, length: int = CALL_SLOT_LEN) -> bytes:
+    """`call *slot(%rip)` at `site`, stretched to `length` bytes (one instruction)."""
+    if not CALL_SLOT_LEN <= length <= MAX_INSN:
+        raise EncodeError(f"a call through a slot needs 6..15 bytes, not {length}")
+    return stretch(b"\xff\x15" + rel32(site + length, slot), length)
+
+
 def default_site(site: int, slot: int, length: int) -> bytes:
-    """The bytes a site holds at build time: NOPs, then `call *slot(%rip)` ending the site."""
+    """The bytes a site holds at build time (include/pvpatch.h emits them): one
+    `call *slot(%rip)` stretched with CS prefixes to the site length."""
     if not CALL_SLOT_LEN <= length <= MAX_INSN:
         raise EncodeError(f"a default site is 6..15 bytes, not {length}")
-    return nops(length - CALL_SLOT_LEN) + b"\xff\x15" + rel32(site + length, slot)
+    return call_slot(site, slot, length)
 
 
 def render(site: int, length: int, *, fn: int, template: bytes | None, is_nop: bool,

@@ -19,10 +19,20 @@ extern PyMethodDef core_selftest_methods[];
 extern PyMethodDef core_cpuid_methods[];
 extern PyMethodDef core_lock_methods[];    /* lock_sites.c */
 extern PyMethodDef core_torture_methods[]; /* torture.c */
+extern PyMethodDef core_bench_call_methods[]; /* bench_call.c */
+extern PyMethodDef core_traptest_methods[]; /* traptest.c */
+extern PyMethodDef core_masks_methods[];    /* masks.c */
 
 /* poke.c */
 int core_poke_init(void); /* at import: membarrier registration */
 int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruction */
+
+/* masks.c */
+int core_own_masks(void); /* keep SIGTRAP out of masks set through every object's GOT */
+struct sigaction;
+int core_sigaction_real(int sig, const struct sigaction *act, struct sigaction *old);
+/* poke.c: sigaction(SIGTRAP) through an owned GOT entry; 0 if handled, -1: make the call */
+int core_trap_sigaction(const struct sigaction *act, struct sigaction *old);
 
 #include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
 

@@ -126,7 +126,12 @@ static uint64_t tid_bitmap[PVP_MAX_THREADS / 64];
 static uint32_t tid_high;
 static pthread_key_t tid_key;
 static int tid_key_ok;
-static __thread uint32_t my_tid1; /* id + 1; 0: none yet */
+/* id + 1; 0: none yet.  initial-exec: a dlopen'ed object's general-dynamic TLS is reached
+ * through __tls_get_addr, which allocates the thread's block with malloc on first use; a first
+ * use inside a signal handler that interrupted malloc (a lock site run from a handler) would
+ * deadlock on the arena lock.  initial-exec TLS sits in the static TLS block, allocated with
+ * the thread: one %fs-relative access, no call. */
+static __thread uint32_t my_tid1 __attribute__((tls_model("initial-exec")));
 
 static void tid_release(void *v)
 {

@@ -4,6 +4,7 @@
  * The C files each own one area and export a NULL-terminated method table; this file merges them.
  */
 #include "core.h"
+#include "bench_call.h"
 #include "lock_sites.h"
 #include "selftest_sites.h"
 
@@ -13,6 +14,8 @@ static const struct pvpatch_group core_groups[] = {
                                     core_selftest_ops, PVPATCH_NOPS(selftest)},
     [PVPATCH_GROUP_ID(lock)] = {"lock", core_lock_variants, LK_NVARIANTS, LK_NATIVE,
                                 core_lock_ops, PVPATCH_NOPS(lock)},
+    [PVPATCH_GROUP_ID(bench_call)] = {"bench_call", core_bench_call_variants, 1, 0,
+                                      core_bench_call_ops, PVPATCH_NOPS(bench_call)},
 };
 
 PVPATCH_MODULE("pvpatch._core", core_groups);
@@ -26,6 +29,9 @@ static PyMethodDef *const tables[] = {
     core_cpuid_methods,
     core_lock_methods,
     core_torture_methods,
+    core_bench_call_methods,
+    core_traptest_methods,
+    core_masks_methods,
 };
 
 static struct PyModuleDef core_module = {

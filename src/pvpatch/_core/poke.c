@@ -9,21 +9,21 @@
  * (core_remap_text() moves a loaded object's text there, core_map_code() makes fresh code).  A
  * write is a plain store to the alias; no mapping changes protection, ever.
  *
- * The batch protocol (apply_batch), for any number of sites:
+ * The batch protocol (apply_batch), for any number of sites (docs/protocol.md, "One batch"):
  *
- *   0. Validate every entry (in bounds, no overlap, current bytes == old); refuse before any write.
- *      Publish the batch (live_batch).
- *   1. Write int3 on the first byte of every site.                          sync #1
+ *   0. Validate every entry (registered, no overlap, current bytes == old); refuse before any
+ *      write.  Classify each new rendering; prepare pending words and out-of-line slots; strip
+ *      SIGTRAP from handlers' masks; publish (live_seq odd).
+ *   1. Write int3 on the first byte of every trapping site.                 sync #1
  *   2. Write every byte but the first.                                      sync #2
- *   3. Write the first bytes.                                               sync #3
- *   4. Unpublish the batch; wait until no trap handler holds a reference (they never block);
- *      verify every site reads back as new.
+ *   3. Write the first bytes, the atomic call flips, disarm the slots.      sync #3
+ *   4. Unpublish; verify every site reads back as new.
  *
- * A thread that traps on a site of the live batch finishes that site itself (trap_help): each
- * site has a state that only moves forward (S_INT3 -> S_TAIL -> S_DONE), the writes of a step are
- * the same bytes whoever does them, and any thread can issue the sync that ends a step.  It then
- * resumes at the site start and runs the whole new instruction.  No thread ever waits for another
- * thread to make progress; the patcher only waits, at step 4, for handlers that are running.
+ * A thread that traps on a site of the live batch does not finish the site: the handler runs
+ * the batch's new instruction in its place (emulates a call or a NOP, sends it to an
+ * out-of-line slot for an inline instruction) and writes nothing, so no thread ever waits for
+ * another and the patcher takes three syncs whatever the traps.  A call -> call change whose
+ * displacement lies in one aligned 8-byte word takes no int3 at all (one store, one sync).
  */
 #define _GNU_SOURCE
 #include "core.h"
@@ -114,32 +114,39 @@ int core_poke_init(void)
 
 /* ---- known sites ------------------------------------------------------------------------ */
 
-/* Sorted, immutable arrays of site start addresses, one per registered module; appended only.
- * The trap handler reads them without locks, so an array is fully written before its slot is
- * published (release; partner: the acquire in is_known_site). */
+/* One table per registered module: sorted site addresses and, for each site, its pending word
+ * (what a thread that traps on the site must execute instead, while a batch holding the site is
+ * live).  Tables are immutable once published, except for the pending words, and never freed:
+ * the trap handler reads them without locks (publication: release in add_known_sites, partner
+ * the acquire in site_pending). */
 #define MAX_SITE_TABLES 1024
-static const uintptr_t *_Atomic site_tables[MAX_SITE_TABLES];
-static size_t site_table_len[MAX_SITE_TABLES];
+struct site_table {
+    const uintptr_t *addr;
+    _Atomic uint64_t *pending;
+    size_t n;
+};
+static struct site_table *_Atomic site_tables[MAX_SITE_TABLES];
 static _Atomic size_t n_site_tables;
 static pthread_mutex_t site_tables_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static bool is_known_site(uintptr_t ip)
+/* The pending word of the registered site starting at ip, or NULL.  Async-signal-safe. */
+static _Atomic uint64_t *site_pending(uintptr_t ip)
 {
     size_t n = atomic_load_explicit(&n_site_tables, memory_order_acquire);
     for (size_t t = 0; t < n; t++) {
-        const uintptr_t *a = atomic_load_explicit(&site_tables[t], memory_order_acquire);
-        size_t lo = 0, hi = site_table_len[t];
+        const struct site_table *tb = atomic_load_explicit(&site_tables[t], memory_order_acquire);
+        size_t lo = 0, hi = tb->n;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
-            if (a[mid] < ip)
+            if (tb->addr[mid] < ip)
                 lo = mid + 1;
             else
                 hi = mid;
         }
-        if (lo < site_table_len[t] && a[lo] == ip)
-            return true;
+        if (lo < tb->n && tb->addr[lo] == ip)
+            return &tb->pending[lo];
     }
-    return false;
+    return NULL;
 }
 
 static int cmp_uptr(const void *x, const void *y)
@@ -148,160 +155,478 @@ static int cmp_uptr(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
-/* ---- the batch -------------------------------------------------------------------------- */
+/* ---- renderings ------------------------------------------------------------------------- */
 
-enum { S_NONE = 0, S_INT3 = 1, S_TAIL = 2, S_DONE = 3 }; /* "written and synced" */
+/* What the handler does in place of a rendering (rule H2 of docs/protocol.md). */
+enum { K_NONE = 0, K_CALL = 1, K_ICALL = 2, K_NOP = 3, K_SLOT = 4 };
+
+/* Pending word: generation (24 bits) | site length (4) | kind (4) | argument (32): the call's
+ * rel32, the rel32 of call *slot(%rip), or an out-of-line slot number.  One word, so the
+ * handler reads it in one load. */
+#define GEN_MASK 0xffffffull
+static inline uint64_t pw_make(uint64_t gen, unsigned len, unsigned kind, uint32_t arg)
+{
+    return (gen & GEN_MASK) << 40 | (uint64_t)(len & 15) << 36 | (uint64_t)(kind & 15) << 32 |
+           arg;
+}
+#define PW_ARG(w) ((uint32_t)(w))
+#define PW_KIND(w) ((unsigned)((w) >> 32) & 15)
+#define PW_LEN(w) ((unsigned)((w) >> 36) & 15)
+#define PW_GEN(w) ((w) >> 40)
+
+static inline bool is_seg_prefix(uint8_t b) { return b == 0x2e || b == 0x3e || b == 0x26 || b == 0x36; }
+
+/* Length of the NOP instruction at b[0..n) (prefixes 66/segment/REX, then 90 or 0f 1f /0), or 0
+ * when there is none. */
+static size_t nop_len(const uint8_t *b, size_t n)
+{
+    size_t i = 0;
+    bool rex = false;
+    while (i < n && (b[i] == 0x66 || is_seg_prefix(b[i]) || (b[i] & 0xf0) == 0x40)) {
+        rex = (b[i] & 0xf0) == 0x40;
+        i++;
+    }
+    if (i < n && b[i] == 0x90 && !rex) /* REX.B 90 is xchg %r8,%rax */
+        return i + 1;
+    if (i + 3 > n || b[i] != 0x0f || b[i + 1] != 0x1f)
+        return 0;
+    uint8_t modrm = b[i + 2];
+    unsigned mod = modrm >> 6, rm = modrm & 7;
+    size_t len = i + 3;
+    if (mod != 3 && rm == 4) {
+        if (len >= n)
+            return 0;
+        if (mod == 0 && (b[len] & 7) == 5)
+            len += 4; /* SIB without a base: disp32 */
+        len++;        /* the SIB byte */
+    }
+    if (mod == 1)
+        len += 1;
+    else if (mod == 2 || (mod == 0 && rm == 5))
+        len += 4;
+    return len <= n ? len : 0;
+}
+
+/* Does b[0..k) hold only whole NOPs and segment prefixes (of the instruction at k)? */
+static bool nops_then(const uint8_t *b, size_t k)
+{
+    size_t i = 0;
+    while (i < k) {
+        size_t j = i;
+        while (j < k && is_seg_prefix(b[j]))
+            j++;
+        if (j == k)
+            return true;
+        size_t l = nop_len(b + i, k - i);
+        if (l == 0)
+            return false;
+        i += l;
+    }
+    return true;
+}
+
+static inline int32_t rd32(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Classify a rendering of `len` bytes: K_CALL / K_ICALL (arg: rel32), K_NOP, or K_SLOT (an
+ * inline instruction, run out of line).  Everything that is not a call or NOPs is taken for a
+ * position-independent inline template, which is what x86.render emits. */
+static unsigned classify(const uint8_t *b, unsigned len, uint32_t *arg)
+{
+    *arg = 0;
+    if (len >= 5 && b[len - 5] == 0xe8 && nops_then(b, len - 5)) {
+        *arg = (uint32_t)rd32(b + len - 4);
+        return K_CALL;
+    }
+    if (len >= 6 && b[len - 6] == 0xff && b[len - 5] == 0x15 && nops_then(b, len - 6)) {
+        *arg = (uint32_t)rd32(b + len - 4);
+        return K_ICALL;
+    }
+    size_t i = 0;
+    while (i < len) {
+        size_t l = nop_len(b + i, len - i);
+        if (l == 0)
+            break;
+        i += l;
+    }
+    return i == len ? K_NOP : K_SLOT;
+}
+
+/* ---- out-of-line slots ------------------------------------------------------------------ */
+
+/* A slot runs an inline rendering of one site away from the site:
+ *     <the rendering> ; jmp *0(%rip) ; .quad site_end        (at most 15 + 6 + 8 bytes)
+ * One slot per (site, rendering), created the first time a batch moves the site to that
+ * rendering and reused by every later batch that does it again; never freed, because a thread
+ * may sit at a slot, descheduled, for any time.  Its first byte is the rendering's ("armed")
+ * only while such a batch is live, int3 otherwise ("disarmed"): see rule H4 and step 3.
+ * Slots live in arenas of executable memory mapped like registered text (r-x, written through
+ * text_write); every byte of a fresh arena is int3. */
+#define SLOT_SIZE 32
+#define ARENA_SLOTS 2048
+#define ARENA_BYTES (SLOT_SIZE * ARENA_SLOTS)
+#define MAX_ARENAS 256
+struct arena {
+    uintptr_t exec;
+    uintptr_t site[ARENA_SLOTS]; /* owner site (release before the slot can be used) */
+};
+static struct arena *_Atomic arenas[MAX_ARENAS];
+static _Atomic size_t n_arenas;
+static uint32_t n_slots; /* batch_lock */
+
+static inline uintptr_t slot_addr(uint32_t no)
+{
+    const struct arena *a = atomic_load_explicit(&arenas[no / ARENA_SLOTS], memory_order_acquire);
+    return a->exec + (uintptr_t)(no % ARENA_SLOTS) * SLOT_SIZE;
+}
+
+/* The site owning the slot that starts at ip, or 0.  Async-signal-safe. */
+static uintptr_t slot_site(uintptr_t ip)
+{
+    size_t n = atomic_load_explicit(&n_arenas, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        const struct arena *a = atomic_load_explicit(&arenas[i], memory_order_acquire);
+        if (ip >= a->exec && ip < a->exec + ARENA_BYTES && (ip - a->exec) % SLOT_SIZE == 0)
+            return __atomic_load_n(&a->site[(ip - a->exec) / SLOT_SIZE], __ATOMIC_ACQUIRE);
+    }
+    return 0;
+}
+
+/* Patcher side (batch_lock): (site, rendering) -> slot number, open addressing. */
+struct slot_key {
+    uintptr_t site; /* 0: empty */
+    uint8_t len;
+    uint8_t bytes[SITE_MAX];
+    uint32_t no;
+};
+static struct slot_key *slot_map;
+static size_t slot_map_cap, slot_map_n;
+
+static size_t slot_hash(uintptr_t site, const uint8_t *b, unsigned len)
+{
+    uint64_t h = 1469598103934665603ull ^ site;
+    for (unsigned i = 0; i < len; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29));
+}
+
+static struct slot_key *slot_find(uintptr_t site, const uint8_t *b, unsigned len)
+{
+    if (slot_map_cap == 0)
+        return NULL;
+    for (size_t i = slot_hash(site, b, len) & (slot_map_cap - 1);; i = (i + 1) & (slot_map_cap - 1)) {
+        struct slot_key *k = &slot_map[i];
+        if (k->site == 0)
+            return NULL;
+        if (k->site == site && k->len == len && memcmp(k->bytes, b, len) == 0)
+            return k;
+    }
+}
+
+static int slot_map_put(uintptr_t site, const uint8_t *b, unsigned len, uint32_t no)
+{
+    if (2 * (slot_map_n + 1) > slot_map_cap) {
+        size_t cap = slot_map_cap ? 2 * slot_map_cap : 256;
+        struct slot_key *m = calloc(cap, sizeof(*m));
+        if (m == NULL)
+            return -1;
+        struct slot_key *old = slot_map;
+        size_t oldcap = slot_map_cap;
+        slot_map = m;
+        slot_map_cap = cap;
+        slot_map_n = 0;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].site != 0)
+                slot_map_put(old[i].site, old[i].bytes, old[i].len, old[i].no);
+        free(old);
+    }
+    size_t i = slot_hash(site, b, len) & (slot_map_cap - 1);
+    while (slot_map[i].site != 0)
+        i = (i + 1) & (slot_map_cap - 1);
+    slot_map[i].site = site;
+    slot_map[i].len = (uint8_t)len;
+    memcpy(slot_map[i].bytes, b, len);
+    slot_map[i].no = no;
+    slot_map_n++;
+    return 0;
+}
+
+static int text_write(uintptr_t exec_addr, const void *src, size_t len);
+static int new_arena(void);
+
+/* The slot of (site, rendering), created if need be.  A created slot is armed; an existing one
+ * is left as it is (the caller arms it).  Returns 0 with *no set and *created, or -1 + errno. */
+static int slot_get(uintptr_t site, const uint8_t *b, unsigned len, uint32_t *no, bool *created)
+{
+    struct slot_key *k = slot_find(site, b, len);
+    *created = false;
+    if (k != NULL) {
+        *no = k->no;
+        return 0;
+    }
+    if (n_slots == atomic_load(&n_arenas) * ARENA_SLOTS && new_arena() != 0)
+        return -1;
+    uint32_t s = n_slots;
+    uint8_t code[SLOT_SIZE];
+    uint64_t back = site + len;
+    memset(code, INT3, sizeof(code));
+    memcpy(code, b, len);
+    code[len] = 0xff; /* jmp *0(%rip) */
+    code[len + 1] = 0x25;
+    memset(code + len + 2, 0, 4);
+    memcpy(code + len + 6, &back, 8);
+    /* The slot's bytes, then its owner: both before the batch that uses it is published. */
+    if (text_write(slot_addr(s), code, len + 14) != 0)
+        return -1;
+    if (slot_map_put(site, b, len, s) != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    struct arena *a = atomic_load(&arenas[s / ARENA_SLOTS]);
+    __atomic_store_n(&a->site[s % ARENA_SLOTS], site, __ATOMIC_RELEASE);
+    n_slots++;
+    *no = s;
+    *created = true;
+    return 0;
+}
+
+/* ---- the batch -------------------------------------------------------------------------- */
 
 struct entry {
     uintptr_t addr;  /* executable view */
-    uintptr_t alias; /* writable view of the same bytes */
+    uintptr_t alias; /* writable view of the same bytes (validation only) */
     uint8_t len;
     uint8_t old[SITE_MAX];
     uint8_t new[SITE_MAX];
-    _Atomic uint8_t state;
+    uint8_t kind;  /* K_* of the new rendering; K_NONE for an atomic call flip (no int3) */
+    bool armed;    /* its slot was armed in step 0 and is disarmed in step 3 */
+    uint32_t arg;  /* rel32 or slot number (see the pending word) */
+    _Atomic uint64_t *pending;
 };
 
 struct batch {
     struct entry *e; /* sorted by addr */
     size_t n, cap;
-    _Atomic long refs; /* trap handlers inside this batch */
 };
 
-/* One batch object, reused: a handler that took a reference to it and finds it still published
- * reads whatever batch it holds now, which is the live one (see trap_help). */
+/* The patcher's private batch.  Handlers never see it: what they need is in the sites' pending
+ * words and in the slots, both permanent, so nothing is ever reclaimed under them and the
+ * patcher never waits for a handler. */
 static struct batch the_batch;
-static struct batch *_Atomic live_batch;
 static pthread_mutex_t batch_lock = PTHREAD_MUTEX_INITIALIZER;
-static _Thread_local int in_patcher;
+/* Odd while a batch is live; the low 24 bits of the odd value are its generation.  Written by
+ * the patcher (seq_cst), read twice by every handler (rule H1). */
+static _Atomic uint64_t live_seq;
+static _Atomic pid_t patcher_tid; /* the thread inside apply_batch, for the counters */
+/* A batch left live after its sync #2 failed (the sites emulate their old renderings behind
+ * int3); the next apply_batch restores it first.  batch_lock. */
+static bool parked;
 
-static _Atomic unsigned long ctr_traps, ctr_traps_helped, ctr_traps_on_patcher, ctr_helper_syncs,
-    ctr_stale_traps, ctr_batches, ctr_sites;
+static _Atomic unsigned long ctr_traps, ctr_traps_emulated, ctr_traps_on_patcher,
+    ctr_stale_traps, ctr_slot_traps, ctr_batches, ctr_sites, ctr_flips, ctr_sync_failures;
 
-static inline void store_byte(uintptr_t alias, uint8_t v)
-{
-    __atomic_store_n((volatile uint8_t *)alias, v, __ATOMIC_RELAXED);
-}
-
-/* Raise e->state to at least s (the state only moves forward). */
-static void raise_state(struct entry *e, uint8_t s)
-{
-    uint8_t cur = atomic_load_explicit(&e->state, memory_order_acquire);
-    while (cur < s && !atomic_compare_exchange_weak_explicit(&e->state, &cur, s,
-                                                             memory_order_acq_rel,
-                                                             memory_order_acquire))
-        ;
-}
-
-static long find_entry(const struct batch *b, uintptr_t ip)
-{
-    size_t lo = 0, hi = b->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (b->e[mid].addr < ip)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return (lo < b->n && b->e[lo].addr == ip) ? (long)lo : -1;
-}
-
-/* Finish one site of the live batch from a trap handler.  Returns whether this thread wrote or
- * synced anything.  Each step is the patcher's step for this one site, and each sync partners
- * the patcher's sync of the same number. */
-static bool complete_site(struct entry *e)
-{
-    bool did = false;
-    uint8_t st = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (st < S_INT3) {
-        /* 1. We trapped on the int3, so it is written; make sure every thread sees it before
-         *    any tail byte changes (sync #1). */
-        core_sync();
-        atomic_fetch_add(&ctr_helper_syncs, 1);
-        raise_state(e, S_INT3);
-        did = true;
-    }
-    if (st < S_TAIL) {
-        /* 2. Tail, then sync #2: no thread can see the new tail behind the old first byte,
-         *    because the first byte is int3 for everyone. */
-        memcpy((void *)(e->alias + 1), e->new + 1, e->len - 1);
-        core_sync();
-        atomic_fetch_add(&ctr_helper_syncs, 1);
-        raise_state(e, S_TAIL);
-        did = true;
-    }
-    if (st < S_DONE) {
-        /* 3. First byte, then sync #3. */
-        store_byte(e->alias, e->new[0]);
-        core_sync();
-        atomic_fetch_add(&ctr_helper_syncs, 1);
-        raise_state(e, S_DONE);
-        did = true;
-    }
-    return did;
-}
-
-static bool trap_help(uintptr_t ip)
-{
-    bool did = false;
-    /* Take a reference, then check the batch is still published: the patcher unpublishes
-     * before it waits for refs == 0 (seq_cst on both sides: Dekker). */
-    struct batch *b = atomic_load(&live_batch);
-    if (b == NULL)
-        return false;
-    atomic_fetch_add(&b->refs, 1);
-    if (atomic_load(&live_batch) == b) {
-        long i = find_entry(b, ip);
-        /* Only an int3 of *this* batch licenses completing the site.  The thread may have
-         * trapped on an earlier batch's int3 and be handled only now, when this batch is live
-         * but has not reached step 1 at this site: writing the tail then would put new bytes
-         * behind the old first byte (found by the model, pvpatch.model, mutation
-         * helper_ignores_byte).  A batch's int3 stays until its own step 3, and every earlier
-         * batch ended with its new first byte in place, so an int3 seen here is this batch's. */
-        if (i >= 0 && *(volatile const uint8_t *)b->e[i].addr == INT3)
-            did = complete_site(&b->e[i]);
-    }
-    atomic_fetch_sub(&b->refs, 1);
-    return did;
-}
+static pid_t gettid_(void) { return (pid_t)syscall(SYS_gettid); }
 
 /* ---- SIGTRAP ---------------------------------------------------------------------------- */
 
-static struct sigaction prev_trap_action;
+/* The handler pvpatch's chains to ("prev"), in two copies: a writer fills the copy not in use
+ * and then flips prev_seq (+2); the handler reads the copy prev_seq names and retries if prev_seq
+ * moved meanwhile.  A handler that interrupts a writer reads the copy in use, never a half-written
+ * one, so the read never waits.  Writers are serialised by prev_writing (taken with a CAS, never
+ * waited for in a signal handler). */
+static struct sigaction prev_copy[2];
+static _Atomic unsigned prev_seq;
+static _Atomic int prev_writing;
+static _Atomic int prev_reset; /* the previous handler had SA_RESETHAND and has been run */
 static _Atomic int trap_installed;
 
+static void prev_read(struct sigaction *out, bool *reset)
+{
+    for (;;) {
+        unsigned s = atomic_load(&prev_seq);
+        *out = prev_copy[(s >> 1) & 1];
+        *reset = atomic_load(&prev_reset);
+        if (atomic_load(&prev_seq) == s)
+            return;
+    }
+}
+
+/* Replace prev with *act (if act) and report the one it replaces in *old (if old), as
+ * sigaction() would.  Returns false if another writer is inside. */
+static bool prev_write(const struct sigaction *act, struct sigaction *old)
+{
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&prev_writing, &idle, 1))
+        return false;
+    unsigned s = atomic_load(&prev_seq);
+    if (old != NULL) {
+        *old = prev_copy[(s >> 1) & 1];
+        if (atomic_load(&prev_reset))
+            old->sa_handler = SIG_DFL;
+    }
+    if (act != NULL) {
+        prev_copy[((s >> 1) + 1) & 1] = *act;
+        atomic_store(&prev_reset, 0);
+        atomic_store(&prev_seq, s + 2); /* partner: prev_read's two loads */
+    }
+    atomic_store(&prev_writing, 0);
+    return true;
+}
+
+enum { D_EMULATED, D_REWOUND, D_FOREIGN };
+
+/* Rules H1-H3 for a thread that trapped at `site` (or at one of its slots). */
+static int dispatch(ucontext_t *uc, uintptr_t site, _Atomic uint64_t *pend)
+{
+    greg_t *g = uc->uc_mcontext.gregs;
+    for (;;) {
+        /* H1: a snapshot of (live batch, pending word, first byte) with no publish or
+         * unpublish in between.  Partner: the seq_cst stores of live_seq in apply_batch. */
+        uint64_t s1 = atomic_load(&live_seq);
+        uint64_t w = atomic_load(pend);
+        uint8_t first = *(volatile const uint8_t *)site;
+        uint64_t s2 = atomic_load(&live_seq);
+        if (s1 != s2)
+            continue;
+        if ((s1 & 1) && PW_KIND(w) != K_NONE && PW_GEN(w) == (s1 & GEN_MASK) && first == INT3) {
+            /* H2: run the live batch's new instruction in the thread's place. */
+            uintptr_t end = site + PW_LEN(w);
+            uintptr_t target = 0;
+            switch (PW_KIND(w)) {
+            case K_ICALL:
+                target = __atomic_load_n((uintptr_t *)(end + (int32_t)PW_ARG(w)), __ATOMIC_RELAXED);
+                /* fall through */
+            case K_CALL: {
+                if (PW_KIND(w) == K_CALL)
+                    target = end + (int32_t)PW_ARG(w);
+                /* The push a call makes, where it makes it (the site's ABI keeps that word
+                 * free, as for the real call). */
+                uintptr_t sp = (uintptr_t)g[REG_RSP] - 8;
+                *(uintptr_t *)sp = end;
+                g[REG_RSP] = (greg_t)sp;
+                g[REG_RIP] = (greg_t)target;
+                break;
+            }
+            case K_NOP:
+                g[REG_RIP] = (greg_t)end;
+                break;
+            default: /* K_SLOT */
+                /* The slot was written before the batch was published; serialising here makes
+                 * this thread fetch it as written (cross-modifying code, Intel SDM vol. 3,
+                 * "Handling Self- and Cross-Modifying Code"). */
+                serialize_self();
+                g[REG_RIP] = (greg_t)slot_addr(PW_ARG(w));
+                break;
+            }
+            return D_EMULATED;
+        }
+        if (first != INT3) {
+            /* H3: the site is whole; run it again. */
+            g[REG_RIP] = (greg_t)site;
+            return D_REWOUND;
+        }
+        return D_FOREIGN; /* H5 */
+    }
+}
+
+/* The kernel's default action for a synchronous SIGTRAP: terminate with a core dump. */
+static void die_by_sigtrap(void)
+{
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    core_sigaction_real(SIGTRAP, &dfl, NULL);
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTRAP);
+    pthread_sigmask(SIG_UNBLOCK, &s, NULL);
+    raise(SIGTRAP);
+}
+
+/* A SIGTRAP that is not ours, delivered as the kernel would have delivered it to the handler
+ * installed before pvpatch's (rule H5). */
+static void chain(int sig, siginfo_t *si, void *ucv)
+{
+    struct sigaction prev;
+    bool reset;
+    prev_read(&prev, &reset);
+    const struct sigaction *p = &prev;
+    ucontext_t *uc = ucv;
+    /* si_code > 0: generated by the kernel (int3, a debug trap): forced.  The kernel resets a
+     * forced signal that is ignored to SIG_DFL (kernel/signal.c, force_sig_info_to_task), so an
+     * ignored SIGTRAP from an int3 kills, as without pvpatch; a sent one is discarded. */
+    bool forced = si->si_code > 0;
+    void (*h)(int) = reset ? SIG_DFL : p->sa_handler;
+    if (h == SIG_IGN) {
+        if (forced)
+            die_by_sigtrap();
+        return;
+    }
+    if (h == SIG_DFL) {
+        die_by_sigtrap();
+        return;
+    }
+    if (p->sa_flags & SA_RESETHAND) {
+        int no = 0;
+        atomic_compare_exchange_strong(&prev_reset, &no, 1);
+    }
+    /* The mask the kernel would have set for it: the interrupted mask, its sa_mask and the
+     * signal itself unless SA_NODEFER -- all but SIGTRAP, which must stay deliverable (a site
+     * under patch reached with SIGTRAP blocked kills the process). */
+    sigset_t m, saved;
+    sigorset(&m, &uc->uc_sigmask, &p->sa_mask);
+    sigdelset(&m, SIGTRAP);
+    pthread_sigmask(SIG_SETMASK, &m, &saved);
+    if (p->sa_flags & SA_SIGINFO)
+        p->sa_sigaction(sig, si, ucv);
+    else
+        h(sig);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+/* Async-signal-safe by construction: no lock, no allocation, no thread-local storage, no code
+ * write, no membarrier; errno preserved. */
 static void trap_handler(int sig, siginfo_t *si, void *ucv)
 {
     int saved_errno = errno;
     ucontext_t *uc = ucv;
     if (si->si_code == SI_KERNEL) { /* int3 */
         uintptr_t ip = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP] - 1;
-        if (is_known_site(ip)) {
-            atomic_fetch_add(&ctr_traps, 1);
-            bool did = trap_help(ip);
-            if (in_patcher)
-                atomic_fetch_add(&ctr_traps_on_patcher, 1);
-            else if (did)
-                atomic_fetch_add(&ctr_traps_helped, 1);
-            else
-                atomic_fetch_add(&ctr_stale_traps, 1);
-            /* Resume at the site start: the whole site is new by now, or int3 again for a later
-             * batch, which traps and is handled the same way. */
-            uc->uc_mcontext.gregs[REG_RIP] = (greg_t)ip;
-            errno = saved_errno;
-            return;
+        uintptr_t site = ip;
+        _Atomic uint64_t *pend = site_pending(ip);
+        bool at_slot = false;
+        if (pend == NULL && (site = slot_site(ip)) != 0) {
+            pend = site_pending(site);
+            at_slot = true;
+        }
+        if (pend != NULL) {
+            int r = dispatch(uc, site, pend);
+            if (r == D_FOREIGN && at_slot) {
+                /* H4: a disarmed slot whose site carries a foreign int3: meet it there. */
+                uc->uc_mcontext.gregs[REG_RIP] = (greg_t)site;
+                r = D_REWOUND;
+            }
+            if (r != D_FOREIGN) {
+                atomic_fetch_add(&ctr_traps, 1);
+                if (at_slot)
+                    atomic_fetch_add(&ctr_slot_traps, 1);
+                pid_t pt = atomic_load(&patcher_tid);
+                if (pt != 0 && pt == gettid_())
+                    atomic_fetch_add(&ctr_traps_on_patcher, 1);
+                else if (r == D_EMULATED)
+                    atomic_fetch_add(&ctr_traps_emulated, 1);
+                else
+                    atomic_fetch_add(&ctr_stale_traps, 1);
+                errno = saved_errno;
+                return;
+            }
         }
     }
-    /* Not ours: whoever handled SIGTRAP before us. */
-    if (prev_trap_action.sa_flags & SA_SIGINFO) {
-        if (prev_trap_action.sa_sigaction != NULL)
-            prev_trap_action.sa_sigaction(sig, si, ucv);
-    } else if (prev_trap_action.sa_handler == SIG_DFL) {
-        /* The default action (terminate with a core) as if we were not here. */
-        signal(SIGTRAP, SIG_DFL);
-        raise(SIGTRAP);
-    } else if (prev_trap_action.sa_handler != SIG_IGN) {
-        prev_trap_action.sa_handler(sig);
-    }
+    chain(sig, si, ucv);
     errno = saved_errno;
 }
 
@@ -311,7 +636,7 @@ static void trap_handler(int sig, siginfo_t *si, void *ucv)
 static PyObject *py_install_trap_handler(PyObject *self, PyObject *unused)
 {
     struct sigaction cur, sa;
-    if (sigaction(SIGTRAP, NULL, &cur) != 0)
+    if (core_sigaction_real(SIGTRAP, NULL, &cur) != 0)
         return core_oserror("sigaction");
     if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == trap_handler)
         Py_RETURN_FALSE;
@@ -319,11 +644,57 @@ static PyObject *py_install_trap_handler(PyObject *self, PyObject *unused)
     sa.sa_sigaction = trap_handler;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    prev_trap_action = cur;
-    if (sigaction(SIGTRAP, &sa, NULL) != 0)
+    for (int spins = 0; !prev_write(&cur, NULL); spins++)
+        if (spins > 100000) {
+            PyErr_SetString(PyExc_RuntimeError, "install_trap_handler: prev handler busy");
+            return NULL;
+        } else {
+            sched_yield();
+        }
+    if (core_sigaction_real(SIGTRAP, &sa, NULL) != 0)
         return core_oserror("sigaction");
     atomic_store(&trap_installed, 1);
     Py_RETURN_TRUE;
+}
+
+/* sigaction(SIGTRAP, ...) made by the program through an owned GOT entry (masks.c) while
+ * pvpatch's handler is installed: the new action becomes the one pvpatch chains to, and pvpatch's
+ * stays in place, so that no int3 of a batch can reach another handler.  *old gets what the
+ * program would have seen.  Returns 0 if done here, -1 if the caller must make the real call
+ * (pvpatch's handler is not installed, or a concurrent change is in progress). */
+int core_trap_sigaction(const struct sigaction *act, struct sigaction *old)
+{
+    struct sigaction cur;
+    if (!atomic_load(&trap_installed) || core_sigaction_real(SIGTRAP, NULL, &cur) != 0 ||
+        !(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != trap_handler)
+        return -1;
+    if (act != NULL && (act->sa_flags & SA_SIGINFO) && act->sa_sigaction == trap_handler)
+        return -1;
+    return prev_write(act, old) ? 0 : -1;
+}
+
+/* ---- SIGTRAP blocked -------------------------------------------------------------------- */
+
+/* Remove SIGTRAP from the sa_mask of every installed handler: a handler installed with
+ * sigfillset(&sa.sa_mask) would otherwise run with SIGTRAP blocked, and the first site under
+ * patch it reached would kill the process.  One sigaction() read per signal, and a write only
+ * for a handler whose mask has SIGTRAP. */
+static unsigned long ctr_masks_stripped;
+static void strip_sigtrap_from_handlers(void)
+{
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction cur;
+        if (sig == SIGKILL || sig == SIGSTOP || sig == SIGTRAP)
+            continue;
+        if (sigaction(sig, NULL, &cur) != 0) /* EINVAL: reserved by the C library */
+            continue;
+        if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN ||
+            !sigismember(&cur.sa_mask, SIGTRAP))
+            continue;
+        sigdelset(&cur.sa_mask, SIGTRAP);
+        if (sigaction(sig, &cur, NULL) == 0)
+            ctr_masks_stripped++;
+    }
 }
 
 /* ---- the patcher ------------------------------------------------------------------------ */
@@ -341,36 +712,139 @@ static double now_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-/* One of the patcher's three syncs; keeps the first failure's errno. */
-static void step_sync(int *syncs, int *first_errno)
+/* One of the patcher's syncs.  membarrier does not fail once registered, short of memory
+ * (ENOMEM) or a seccomp filter; a transient failure is retried, a lasting one reported. */
+static int step_sync(int *syncs)
 {
-    if (core_sync() != 0 && *first_errno == 0)
-        *first_errno = errno ? errno : EIO;
     (*syncs)++;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (core_sync() == 0)
+            return 0;
+        atomic_fetch_add(&ctr_sync_failures, 1);
+        if (errno != ENOMEM && errno != EAGAIN && errno != EINTR)
+            break;
+        sched_yield();
+    }
+    return -1;
 }
 
-/* apply_batch(addrs, aliases, lens, old, new, hook=0, retire_timeout=5.0) -> dict
+/* Is this entry an atomic call flip: call rel32 -> call rel32, same prefixes, rel32 field in
+ * one aligned 8-byte word? */
+static bool is_atomic_flip(const struct entry *e)
+{
+    uint32_t a;
+    if (e->len < 5 || classify(e->old, e->len, &a) != K_CALL ||
+        classify(e->new, e->len, &a) != K_CALL || memcmp(e->old, e->new, e->len - 4) != 0)
+        return false;
+    uintptr_t field = e->addr + e->len - 4;
+    return (field & 7) <= 4;
+}
+
+/* Write the rel32 field of an atomic flip with one aligned 8-byte store, its neighbours written
+ * back unchanged (the patcher is the only writer of code: handlers write none). */
+static int flip_store(const struct entry *e)
+{
+    uintptr_t field = e->addr + e->len - 4, word = field & ~(uintptr_t)7;
+    uint64_t v = __atomic_load_n((const uint64_t *)word, __ATOMIC_RELAXED);
+    memcpy((uint8_t *)&v + (field - word), e->new + e->len - 4, 4);
+    return text_write(word, &v, 8);
+}
+
+/* Set the pending word of every trapping entry for generation `gen`, using `from_old` renderings
+ * (the rollback of a parked batch) or new ones; arms slots.  Returns -1 + errno. */
+static int prepare_pending(struct batch *b, uint64_t gen, bool from_old)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        struct entry *e = &b->e[i];
+        if (e->kind == K_NONE)
+            continue;
+        const uint8_t *r = from_old ? e->old : e->new;
+        uint32_t arg;
+        unsigned kind = classify(r, e->len, &arg);
+        if (kind == K_SLOT) {
+            bool created;
+            if (slot_get(e->addr, r, e->len, &arg, &created) != 0)
+                return -1;
+            if (!created && text_write(slot_addr(arg), r, 1) != 0) /* arm */
+                return -1;
+            e->armed = true;
+            e->arg = arg;
+        }
+        atomic_store(e->pending, pw_make(gen, e->len, kind, arg));
+    }
+    return 0;
+}
+
+/* Disarm the slots armed for this batch: int3 on their first byte. */
+static int disarm_slots(struct batch *b)
+{
+    static const uint8_t int3 = INT3;
+    for (size_t i = 0; i < b->n; i++) {
+        struct entry *e = &b->e[i];
+        if (e->armed) {
+            if (text_write(slot_addr(e->arg), &int3, 1) != 0)
+                return -1;
+            e->armed = false;
+        }
+    }
+    return 0;
+}
+
+static void unpublish(struct batch *b)
+{
+    atomic_fetch_add(&live_seq, 1); /* even: no batch is live (partner: H1's loads) */
+    for (size_t i = 0; i < b->n; i++)
+        if (b->e[i].kind != K_NONE)
+            atomic_store(b->e[i].pending, 0);
+}
+
+/* Finish a parked batch (see the failure rules in docs/protocol.md): its sites hold int3 and
+ * their old tails, and handlers emulate the old renderings.  Sync, so that every thread sees the
+ * old tails; write the old first bytes; disarm; unpublish.  The caller's own batch then takes
+ * its three syncs, which make all of this visible. */
+static int restore_parked(int *syncs)
+{
+    struct batch *b = &the_batch;
+    if (step_sync(syncs) != 0)
+        return -1;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->e[i].kind != K_NONE && text_write(b->e[i].addr, b->e[i].old, 1) != 0)
+            return -1;
+    if (disarm_slots(b) != 0)
+        return -1;
+    unpublish(b);
+    parked = false;
+    b->n = 0;
+    return 0;
+}
+
+/* apply_batch(addrs, aliases, lens, old, new, hook=0, hook_step=1) -> dict
  *
  * addrs, aliases: native-endian uint64 arrays (n entries); lens: n bytes; old, new: n * 16 bytes
  * (site i's bytes at [16 i, 16 i + lens[i])).  hook: address of a `long (*)(void)` called right
- * after step 1's writes (the selftest makes the patcher trap on its own int3 with it).
+ * after the writes of step `hook_step` (1..3), before that step's sync (the selftest makes the
+ * patcher trap on its own int3 with it; tests fail a sync with it).
  *
- * Refusals raise ValueError(reason, index) and write nothing; OSError for a failed syscall. */
+ * Refusals raise ValueError(reason, address) and write nothing; OSError(errno, ..., "membarrier")
+ * for a sync that failed, after the recovery of docs/protocol.md ("A failed sync"). */
 static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"addrs", "aliases", "lens", "old", "new", "hook", "retire_timeout",
-                             NULL};
+    static char *kwlist[] = {"addrs", "aliases", "lens", "old", "new", "hook", "hook_step", NULL};
     Py_buffer addrs, aliases, lens, old, new;
     unsigned long long hook = 0;
-    double retire_timeout = 5.0;
+    int hook_step = 1;
     PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*y*|Kd", kwlist, &addrs, &aliases, &lens,
-                                     &old, &new, &hook, &retire_timeout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*y*|Ki", kwlist, &addrs, &aliases, &lens,
+                                     &old, &new, &hook, &hook_step))
         return NULL;
     size_t n = (size_t)lens.len;
     if ((size_t)addrs.len != n * 8 || (size_t)aliases.len != n * 8 || (size_t)old.len != n * 16 ||
         (size_t)new.len != n * 16) {
         PyErr_SetString(PyExc_TypeError, "apply_batch: buffer sizes do not agree");
+        goto out_release;
+    }
+    if (hook_step < 1 || hook_step > 3) {
+        PyErr_SetString(PyExc_ValueError, "apply_batch: hook_step is 1, 2 or 3");
         goto out_release;
     }
     if (!membarrier_ok) {
@@ -386,17 +860,30 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
 
     struct batch *b = &the_batch;
     double t0 = now_ns();
-    unsigned long traps0 = atomic_load(&ctr_traps), helped0 = atomic_load(&ctr_traps_helped),
-                  onp0 = atomic_load(&ctr_traps_on_patcher);
-    int syncs = 0, sync_errno = 0;
-    bool retire_stalled = false;
+    unsigned long traps0 = atomic_load(&ctr_traps), emu0 = atomic_load(&ctr_traps_emulated),
+                  onp0 = atomic_load(&ctr_traps_on_patcher), stale0 = atomic_load(&ctr_stale_traps);
+    int syncs = 0, sync_errno = 0, failed_sync = 0, late_sync_errno = 0, io_errno = 0;
+    size_t ntrap = 0, nflip = 0;
     long bad = -1;
-    const char *why = NULL;
+    const char *why = NULL, *failure = NULL;
+#define SYNC_OR_FAIL(k)                                                                          \
+    do {                                                                                         \
+        if (step_sync(&syncs) != 0) {                                                            \
+            sync_errno = errno;                                                                  \
+            failed_sync = (k);                                                                   \
+        }                                                                                        \
+    } while (0)
+#define WRITE_OR_FAIL(call)                                                                      \
+    do {                                                                                         \
+        if ((call) != 0 && io_errno == 0)                                                        \
+            io_errno = errno;                                                                    \
+    } while (0)
 
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&batch_lock);
-    if (atomic_load(&b->refs) != 0) {
-        why = "a trap handler still holds the previous batch";
+    if (parked && restore_parked(&syncs) != 0) {
+        sync_errno = errno;
+        failure = "a batch parked after a failed sync could not be restored";
         goto unlock;
     }
     /* 0. Build, sort and validate; nothing is written unless every entry passes. */
@@ -413,17 +900,18 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     const uint8_t *pl = lens.buf, *po = old.buf, *pn = new.buf;
     for (size_t i = 0; i < n; i++) {
         struct entry *e = &b->e[i];
+        memset(e, 0, sizeof(*e));
         e->addr = pa[i];
         e->alias = pal[i];
         e->len = pl[i];
         if (e->len < 1 || e->len > SITE_MAX) {
             why = "bad site length";
             bad = (long)i;
+            b->n = 0;
             goto unlock;
         }
         memcpy(e->old, po + 16 * i, e->len);
         memcpy(e->new, pn + 16 * i, e->len);
-        atomic_init(&e->state, S_NONE);
     }
     b->n = n;
     qsort(b->e, n, sizeof(struct entry), cmp_entry);
@@ -432,7 +920,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         if (i + 1 < n && e->addr + e->len > b->e[i + 1].addr) {
             why = "sites overlap";
             bad = (long)i;
-        } else if (!is_known_site(e->addr)) {
+        } else if ((e->pending = site_pending(e->addr)) == NULL) {
             why = "not a registered site";
             bad = (long)i;
         } else if (memcmp((const void *)e->addr, e->old, e->len) != 0) {
@@ -449,74 +937,123 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         goto unlock;
     }
     /* Entries whose new bytes are their old ones need no write: drop them (the kernel skips
-     * them too).  A batch left empty takes no sync. */
+     * them too).  A batch left empty takes no sync.  Classify the rest. */
     {
         size_t kept = 0;
         for (size_t i = 0; i < n; i++)
             if (memcmp(b->e[i].old, b->e[i].new, b->e[i].len) != 0) {
                 if (kept != i)
                     memcpy(&b->e[kept], &b->e[i], sizeof(struct entry));
-                kept++;
+                struct entry *e = &b->e[kept++];
+                if (is_atomic_flip(e)) {
+                    e->kind = K_NONE;
+                    nflip++;
+                } else {
+                    e->kind = (uint8_t)classify(e->new, e->len, &e->arg);
+                    ntrap++;
+                }
             }
         n = b->n = kept;
         if (n == 0)
             goto unlock;
     }
-    in_patcher = 1;
-    /* Publish: partner is the load in trap_help. */
-    atomic_store(&live_batch, b);
+    atomic_store(&patcher_tid, gettid_());
+    if (ntrap > 0) {
+        /* Pending words and slots, then publish.  A failure here has written nothing to a
+         * site (a created slot stays, disarmed by nobody: no thread is sent to it). */
+        /* Handlers installed through an owned sigaction never block SIGTRAP; the sweep is for
+         * those installed before their object's GOT was rewritten, so it runs when objects
+         * were rewritten (or the rewrite failed: best effort, then every time). */
+        if (core_own_masks() != 0)
+            strip_sigtrap_from_handlers();
+        uint64_t gen = atomic_load(&live_seq) + 1;
+        if (prepare_pending(b, gen, false) != 0) {
+            io_errno = errno;
+            for (size_t i = 0; i < n; i++)
+                if (b->e[i].kind != K_NONE)
+                    atomic_store(b->e[i].pending, 0);
+            disarm_slots(b);
+            failure = "preparing the out-of-line slots failed";
+            goto unlock_batch;
+        }
+        atomic_store(&live_seq, gen); /* publish (partner: H1's loads) */
 
-    /* 1. int3 on every first byte. */
-    for (size_t i = 0; i < n; i++)
-        if (atomic_load_explicit(&b->e[i].state, memory_order_acquire) < S_INT3)
-            store_byte(b->e[i].alias, INT3);
-    if (hook != 0)
-        ((long (*)(void))(uintptr_t)hook)();
-    /* sync #1: partner of the helper's step-1 sync; after it, nobody can fetch an old first
-     * byte. */
-    step_sync(&syncs, &sync_errno);
-    for (size_t i = 0; i < n; i++)
-        raise_state(&b->e[i], S_INT3);
+        /* 1. int3 on every first byte. */
+        static const uint8_t int3 = INT3;
+        for (size_t i = 0; i < n; i++)
+            if (b->e[i].kind != K_NONE)
+                WRITE_OR_FAIL(text_write(b->e[i].addr, &int3, 1));
+        if (hook != 0 && hook_step == 1)
+            ((long (*)(void))(uintptr_t)hook)();
+        /* sync #1: after it, nobody can fetch an old first byte; it also makes the slots of
+         * step 0 visible to threads that a handler did not send there. */
+        SYNC_OR_FAIL(1);
+        if (failed_sync == 1) {
+            /* The tails are untouched: putting the old first bytes back needs no sync (a
+             * thread fetches int3 or the old byte, ahead of the old tail either way). */
+            for (size_t i = 0; i < n; i++)
+                if (b->e[i].kind != K_NONE)
+                    WRITE_OR_FAIL(text_write(b->e[i].addr, b->e[i].old, 1));
+            disarm_slots(b);
+            unpublish(b);
+            goto unlock_batch;
+        }
 
-    /* 2. Every byte but the first. */
-    for (size_t i = 0; i < n; i++) {
-        struct entry *e = &b->e[i];
-        if (atomic_load_explicit(&e->state, memory_order_acquire) < S_TAIL)
-            memcpy((void *)(e->alias + 1), e->new + 1, e->len - 1);
-    }
-    /* sync #2: partner of the helper's step-2 sync. */
-    step_sync(&syncs, &sync_errno);
-    for (size_t i = 0; i < n; i++)
-        raise_state(&b->e[i], S_TAIL);
-
-    /* 3. First bytes. */
-    for (size_t i = 0; i < n; i++) {
-        struct entry *e = &b->e[i];
-        if (atomic_load_explicit(&e->state, memory_order_acquire) < S_DONE)
-            store_byte(e->alias, e->new[0]);
-    }
-    /* sync #3: partner of the helper's step-3 sync. */
-    step_sync(&syncs, &sync_errno);
-    for (size_t i = 0; i < n; i++)
-        raise_state(&b->e[i], S_DONE);
-
-    /* 4. Unpublish, then wait for handlers inside the batch (they never block: the wait is
-     *    bounded by scheduling, and by retire_timeout in any case). */
-    atomic_store(&live_batch, NULL);
-    {
-        double deadline = now_ns() + retire_timeout * 1e9;
-        unsigned spins = 0;
-        while (atomic_load(&b->refs) != 0) {
-            if (++spins % 64 == 0) {
-                if (now_ns() > deadline) {
-                    retire_stalled = true;
-                    break;
-                }
-                sched_yield();
+        /* 2. Every byte but the first. */
+        for (size_t i = 0; i < n; i++) {
+            struct entry *e = &b->e[i];
+            if (e->kind != K_NONE)
+                WRITE_OR_FAIL(text_write(e->addr + 1, e->new + 1, e->len - 1));
+        }
+        if (hook != 0 && hook_step == 2)
+            ((long (*)(void))(uintptr_t)hook)();
+        /* sync #2: no thread can see the new tail behind the old first byte, which is int3
+         * for every thread since sync #1. */
+        SYNC_OR_FAIL(2);
+        if (failed_sync == 2) {
+            /* Without a sync the first bytes cannot change.  Roll back behind the int3s: old
+             * tails, handlers emulating the old renderings; the batch stays live ("parked")
+             * and the next apply_batch restores the old first bytes after a sync. */
+            for (size_t i = 0; i < n; i++) {
+                struct entry *e = &b->e[i];
+                if (e->kind != K_NONE)
+                    WRITE_OR_FAIL(text_write(e->addr + 1, e->old + 1, e->len - 1));
             }
+            disarm_slots(b);
+            if (prepare_pending(b, atomic_load(&live_seq), true) != 0 && io_errno == 0)
+                io_errno = errno;
+            /* Only the trapping entries stay in the parked batch. */
+            size_t kept = 0;
+            for (size_t i = 0; i < n; i++)
+                if (b->e[i].kind != K_NONE)
+                    memmove(&b->e[kept++], &b->e[i], sizeof(struct entry));
+            b->n = kept;
+            parked = true;
+            goto unlock_parked;
         }
     }
-    in_patcher = 0;
+
+    /* 3. First bytes; then the atomic call flips; then disarm the slots, after the first bytes
+     *    (rule H4: a thread sent to a slot disarmed meanwhile must find a whole site). */
+    for (size_t i = 0; i < n; i++) {
+        struct entry *e = &b->e[i];
+        if (e->kind != K_NONE)
+            WRITE_OR_FAIL(text_write(e->addr, e->new, 1));
+    }
+    for (size_t i = 0; i < n; i++)
+        if (b->e[i].kind == K_NONE)
+            WRITE_OR_FAIL(flip_store(&b->e[i]));
+    WRITE_OR_FAIL(disarm_slots(b));
+    if (hook != 0 && hook_step == 3)
+        ((long (*)(void))(uintptr_t)hook)();
+    /* sync #3: the sites are whole and new for every thread, and no thread can start a slot of
+     * this batch.  A failure here leaves the sites whole and new: reported, not undone. */
+    if (step_sync(&syncs) != 0)
+        late_sync_errno = errno;
+
+    /* 4. Unpublish; verify. */
+    if (ntrap > 0)
+        unpublish(b);
     for (size_t i = 0; i < n; i++)
         if (memcmp((const void *)b->e[i].addr, b->e[i].new, b->e[i].len) != 0) {
             why = "a site does not read back as written";
@@ -525,14 +1062,38 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         }
     atomic_fetch_add(&ctr_batches, 1);
     atomic_fetch_add(&ctr_sites, n);
+    atomic_fetch_add(&ctr_flips, nflip);
+unlock_batch:
+    b->n = 0;
+unlock_parked:
+    atomic_store(&patcher_tid, 0);
 unlock:
     pthread_mutex_unlock(&batch_lock);
     Py_END_ALLOW_THREADS
+#undef SYNC_OR_FAIL
+#undef WRITE_OR_FAIL
 
-    if (sync_errno != 0) {
-        /* membarrier never fails once registered; if it did, the sites are still whole (every
-         * step wrote), but the ordering promise was not kept: say so. */
-        core_oserror_errno(sync_errno, "membarrier");
+    if (io_errno != 0) {
+        core_oserror_errno(io_errno, "text_write");
+        goto out_release;
+    }
+    if (failure != NULL || failed_sync != 0) {
+        /* OSError(errno, "strerror; what happened", "membarrier") */
+        char what[160], msg[256];
+        if (failure != NULL)
+            snprintf(what, sizeof(what), "%s", failure);
+        else if (failed_sync == 1)
+            snprintf(what, sizeof(what), "sync #1 failed: the old bytes are back, nothing changed");
+        else
+            snprintf(what, sizeof(what), "sync #2 failed: the sites run their old renderings "
+                                         "behind int3 until the next batch restores them");
+        int err = sync_errno ? sync_errno : EIO;
+        snprintf(msg, sizeof(msg), "%s; %s", strerror(err), what);
+        PyObject *a = Py_BuildValue("(iss)", err, msg, "membarrier");
+        if (a != NULL) {
+            PyErr_SetObject(PyExc_OSError, a);
+            Py_DECREF(a);
+        }
         goto out_release;
     }
     if (why != NULL) {
@@ -543,11 +1104,13 @@ unlock:
         }
         goto out_release;
     }
-    result = Py_BuildValue("{s:n,s:i,s:d,s:k,s:k,s:k,s:O}", "sites", (Py_ssize_t)n, "syncs",
-                           syncs, "ns", now_ns() - t0, "traps", atomic_load(&ctr_traps) - traps0,
-                           "traps_helped", atomic_load(&ctr_traps_helped) - helped0,
-                           "traps_on_patcher", atomic_load(&ctr_traps_on_patcher) - onp0,
-                           "retire_stalled", retire_stalled ? Py_True : Py_False);
+    result = Py_BuildValue("{s:n,s:i,s:d,s:k,s:k,s:k,s:k,s:n,s:n,s:i}", "sites", (Py_ssize_t)n,
+                           "syncs", syncs, "ns", now_ns() - t0, "traps",
+                           atomic_load(&ctr_traps) - traps0, "traps_helped",
+                           atomic_load(&ctr_traps_emulated) - emu0, "traps_on_patcher",
+                           atomic_load(&ctr_traps_on_patcher) - onp0, "stale_traps",
+                           atomic_load(&ctr_stale_traps) - stale0, "flips", (Py_ssize_t)nflip,
+                           "trapping", (Py_ssize_t)ntrap, "late_sync_errno", late_sync_errno);
 out_release:
     PyBuffer_Release(&addrs);
     PyBuffer_Release(&aliases);
@@ -578,12 +1141,91 @@ static int note_code_range(uintptr_t exec, uintptr_t alias, size_t len, const ch
         pthread_mutex_unlock(&site_tables_lock);
         return -1;
     }
-    struct code_range *r = &code_ranges[n_code_ranges++];
+    struct code_range *r = &code_ranges[n_code_ranges];
     r->exec = exec;
     r->alias = alias;
     r->len = len;
     snprintf(r->name, sizeof(r->name), "%s", name);
+    __atomic_store_n(&n_code_ranges, n_code_ranges + 1, __ATOMIC_RELEASE); /* see exec_to_alias */
     pthread_mutex_unlock(&site_tables_lock);
+    return 0;
+}
+
+/* The alias of [exec, exec + len) if one code range holds it all, else 0.  Ranges are only
+ * appended (under site_tables_lock, count published last), so the patcher reads them without
+ * the lock. */
+static uintptr_t exec_to_alias(uintptr_t exec, size_t len)
+{
+    static size_t last;
+    size_t n = __atomic_load_n(&n_code_ranges, __ATOMIC_ACQUIRE);
+    for (size_t k = 0; k < n; k++) {
+        size_t i = (last + k) % n;
+        const struct code_range *r = &code_ranges[i];
+        if (exec >= r->exec && exec + len <= r->exec + r->len) {
+            last = i;
+            return r->alias + (exec - r->exec);
+        }
+    }
+    return 0;
+}
+
+/* The one function through which apply_batch writes code: len bytes from src to the executable
+ * address exec_addr.  A write of 1 byte, or of 8 bytes at an 8-aligned address, is one store
+ * (single-copy atomic: the atomic call flip relies on it).  Returns 0, or -1 with errno set. */
+static int text_write(uintptr_t exec_addr, const void *src, size_t len)
+{
+    uintptr_t alias = exec_to_alias(exec_addr, len);
+    if (alias == 0) {
+        errno = EFAULT;
+        return -1;
+    }
+    if (len == 1) {
+        __atomic_store_n((uint8_t *)alias, *(const uint8_t *)src, __ATOMIC_RELAXED);
+    } else if (len == 8 && (alias & 7) == 0) {
+        uint64_t v;
+        memcpy(&v, src, 8);
+        __atomic_store_n((uint64_t *)alias, v, __ATOMIC_RELAXED);
+    } else {
+        memcpy((void *)alias, src, len);
+    }
+    return 0;
+}
+
+/* A fresh arena of out-of-line slots: a code range like any other (so text_write reaches it and
+ * a forked child gets its own copy), every byte int3.  batch_lock. */
+static int new_arena(void)
+{
+    size_t a = atomic_load(&n_arenas);
+    if (a == MAX_ARENAS) {
+        errno = ENOSPC;
+        return -1;
+    }
+    struct arena *ar = calloc(1, sizeof(*ar));
+    if (ar == NULL)
+        return -1;
+    void *alias;
+    const char *syscall_name;
+    int fd = memfd_alias("pvpatch-slots", ARENA_BYTES, &alias, &syscall_name);
+    if (fd < 0) {
+        free(ar);
+        return -1;
+    }
+    memset(alias, INT3, ARENA_BYTES);
+    void *x = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (x == MAP_FAILED || note_code_range((uintptr_t)x, (uintptr_t)alias, ARENA_BYTES,
+                                           "pvpatch-slots") != 0) {
+        if (x != MAP_FAILED)
+            munmap(x, ARENA_BYTES);
+        munmap(alias, ARENA_BYTES);
+        free(ar);
+        errno = x == MAP_FAILED ? e : ENOSPC;
+        return -1;
+    }
+    ar->exec = (uintptr_t)x;
+    atomic_store_explicit(&arenas[a], ar, memory_order_release);
+    atomic_store_explicit(&n_arenas, a + 1, memory_order_release); /* partner: slot_site */
     return 0;
 }
 
@@ -767,25 +1409,34 @@ static PyObject *py_add_known_sites(PyObject *self, PyObject *arg)
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) != 0)
         return NULL;
     size_t n = (size_t)buf.len / sizeof(uintptr_t);
+    struct site_table *tb = calloc(1, sizeof(*tb));
     uintptr_t *a = malloc((n ? n : 1) * sizeof(uintptr_t));
-    if (a == NULL) {
+    _Atomic uint64_t *pend = calloc(n ? n : 1, sizeof(*pend));
+    if (tb == NULL || a == NULL || pend == NULL) {
         PyBuffer_Release(&buf);
+        free(tb);
+        free(a);
+        free(pend);
         return PyErr_NoMemory();
     }
     memcpy(a, buf.buf, n * sizeof(uintptr_t));
     PyBuffer_Release(&buf);
     qsort(a, n, sizeof(uintptr_t), cmp_uptr);
+    tb->addr = a;
+    tb->pending = pend;
+    tb->n = n;
     pthread_mutex_lock(&site_tables_lock);
     size_t t = atomic_load(&n_site_tables);
     if (t == MAX_SITE_TABLES) {
         pthread_mutex_unlock(&site_tables_lock);
+        free(tb);
         free(a);
+        free(pend);
         PyErr_SetString(PyExc_OverflowError, "too many site tables");
         return NULL;
     }
-    site_table_len[t] = n;
-    atomic_store_explicit(&site_tables[t], a, memory_order_release);
-    /* Partner: the acquire of n_site_tables in is_known_site. */
+    atomic_store_explicit(&site_tables[t], tb, memory_order_release);
+    /* Partner: the acquire of n_site_tables in site_pending. */
     atomic_store_explicit(&n_site_tables, t + 1, memory_order_release);
     pthread_mutex_unlock(&site_tables_lock);
     return PyLong_FromSize_t(t);
@@ -807,12 +1458,14 @@ static PyObject *py_membarrier_status(PyObject *self, PyObject *unused)
 
 static PyObject *py_trap_counters(PyObject *self, PyObject *unused)
 {
-    return Py_BuildValue("{s:k,s:k,s:k,s:k,s:k,s:k,s:k}", "traps", atomic_load(&ctr_traps),
-                         "traps_helped", atomic_load(&ctr_traps_helped), "traps_on_patcher",
-                         atomic_load(&ctr_traps_on_patcher), "stale_traps",
-                         atomic_load(&ctr_stale_traps), "helper_syncs",
-                         atomic_load(&ctr_helper_syncs), "batches", atomic_load(&ctr_batches),
-                         "sites_patched", atomic_load(&ctr_sites));
+    return Py_BuildValue("{s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k}", "traps",
+                         atomic_load(&ctr_traps), "traps_helped", atomic_load(&ctr_traps_emulated),
+                         "traps_on_patcher", atomic_load(&ctr_traps_on_patcher), "stale_traps",
+                         atomic_load(&ctr_stale_traps), "slot_traps", atomic_load(&ctr_slot_traps),
+                         "batches", atomic_load(&ctr_batches), "sites_patched",
+                         atomic_load(&ctr_sites), "atomic_flips", atomic_load(&ctr_flips),
+                         "sync_failures", atomic_load(&ctr_sync_failures), "masks_stripped",
+                         ctr_masks_stripped, "slots", (unsigned long)n_slots);
 }
 
 /* read(addr, n) -> bytes */

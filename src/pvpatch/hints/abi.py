@@ -1,6 +1,6 @@
 """The hint page ABI, version 1: the one place that knows its bytes.
 
-The page is a file in shared memory (DEFAULT_PATH) of FILE_SIZE bytes, written only by the
+The page is a file in shared memory (DEFAULT_PATH, on tmpfs) of FILE_SIZE bytes, written only by the
 publisher (`pvpatch hostd`) and mapped read-only by guests.  docs/hints.md has the byte-layout
 table and the publication protocol; this module is their executable form: the layout (one struct
 format), the constants, encode/decode, and validation that turns any bad page into a HintPageError
@@ -26,7 +26,9 @@ import time
 
 from ..errors import PvpatchError
 
-DEFAULT_PATH = "/dev/shm/pvpatch-hints"
+# A tmpfs directory only root can write (trust.py: who may write the page, and why that matters).
+DEFAULT_DIR = "/run/pvpatch"
+DEFAULT_PATH = DEFAULT_DIR + "/hints"
 
 MAGIC = int.from_bytes(b"PVHT", "little")  # the file starts with the bytes "PVHT"
 VERSION = 1

@@ -18,6 +18,7 @@ that tests can drive time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -41,6 +42,24 @@ class Decision:
     state: HintState | None        # the observation that led here
 
 
+def check_groups(groups) -> dict[str, tuple[str, str]]:
+    """{group: (fast variant, safe variant)}, names as strings; PolicyError naming the bad one."""
+    if not isinstance(groups, dict):
+        raise PolicyError(f"policy: groups {groups!r} is not a dict {{group: (fast, safe)}}")
+    if not groups:
+        raise PolicyError("policy: no groups to drive")
+    out = {}
+    for g, pair in groups.items():
+        if not isinstance(g, str) or not g:
+            raise PolicyError(f"policy: group name {g!r} is not a non-empty string")
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 \
+                or not all(isinstance(v, str) and v for v in pair) or pair[0] == pair[1]:
+            raise PolicyError(f"policy: group {g!r}: {pair!r} is not (fast variant, safe "
+                              "variant), two different variant names")
+        out[g] = (pair[0], pair[1])
+    return out
+
+
 def _allowed_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -49,12 +68,12 @@ class Policy:
     def __init__(self, groups: dict[str, tuple[str, str]] | None = None, *,
                  min_dwell_s: float = 1.0, native_settle_s: float = 0.0,
                  clock=time.monotonic, allowed_cpus=_allowed_cpus):
-        self.groups = dict(DEFAULT_GROUPS if groups is None else groups)
-        if not self.groups:
-            raise PolicyError("policy: no groups to drive")
-        if min_dwell_s < 0 or native_settle_s < 0:
-            raise PolicyError(f"policy: min_dwell_s ({min_dwell_s}) and native_settle_s "
-                              f"({native_settle_s}) must be >= 0")
+        self.groups = check_groups(DEFAULT_GROUPS if groups is None else groups)
+        for name, v in (("min_dwell_s", min_dwell_s), ("native_settle_s", native_settle_s)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0:
+                raise PolicyError(f"policy: {name} {v!r} must be a finite number of seconds "
+                                  ">= 0")
         self.min_dwell_s = min_dwell_s
         self.native_settle_s = native_settle_s
         self.clock = clock

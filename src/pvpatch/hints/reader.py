@@ -7,12 +7,13 @@ never an exception: a guest must keep running on the safe default whatever the p
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 import time
 
 from ..errors import PvpatchError
-from . import abi, shm
+from . import abi, shm, trust
 
 
 @dataclasses.dataclass
@@ -21,13 +22,27 @@ class HintState:
 
     valid: the page decoded and passed validation.  stale: valid but no heartbeat within the bound
     (or the publisher stopped).  usable = valid and not stale: only then do its hints count.
-    problem: why the page is not usable ("" when it is).  seen_ns: CLOCK_MONOTONIC when read."""
+    problem: why the page is not usable ("" when it is).  seen_ns: CLOCK_MONOTONIC when read.
+    kind: for a page that is not valid, "missing", "untrusted" or "invalid" (see status).
+    cause_ns: the publication a guest acting on this observation reacts to (set by the notifier:
+    changed_ns, or the first fresh heartbeat after a period without usable hints)."""
     path: str
     valid: bool
     stale: bool
     problem: str
     seen_ns: int
     page: abi.HintPage | None = None
+    kind: str = "invalid"
+    cause_ns: int | None = None
+
+    @property
+    def status(self) -> str:
+        """One word: usable, missing, untrusted, invalid, stale or stopped."""
+        if not self.valid:
+            return self.kind
+        if self.page.state == abi.STATE_STOPPED:
+            return "stopped"
+        return "stale" if self.stale else "usable"
 
     @property
     def usable(self) -> bool:
@@ -49,6 +64,7 @@ class HintState:
             "valid": self.valid,
             "stale": self.stale,
             "usable": self.usable,
+            "status": self.status,
             "problem": self.problem or None,
             "generation": p.generation if p else None,
             "seqcount": p.seqcount if p else None,
@@ -69,39 +85,46 @@ class HintState:
 class HintReader:
     """A guest's handle on the page at `path` (default abi.DEFAULT_PATH).
 
+    Only a page owned by root, by this process's uid or by `publisher_uid`, and writable by
+    nobody else, is trusted (trust.py); any other is "untrusted" and gives no hints.  This is
+    checked on the open file at every read, so a page that changes hands stops counting at once.
+
     The file is opened O_RDONLY and mapped PROT_READ: the guest cannot write it.  The mapping only
     serves the generation futex; contents are read with pread (see shm.snapshot).  When the page
     is not usable the reader checks whether the path now names another file (a publisher that
     recreated it) and reopens."""
 
-    def __init__(self, path: str | None = None):
-        self.path = path or abi.DEFAULT_PATH
+    def __init__(self, path: str | None = None, *, publisher_uid: int | None = None):
+        self.path = os.fspath(path) if path else abi.DEFAULT_PATH
+        self.trusted = trust.trusted_uids(trust.check_publisher_uid(publisher_uid))
         self.fd: int | None = None
         self.map: shm.Mapping | None = None
         self._ident: tuple[int, int] | None = None
 
     # --- open / close ---------------------------------------------------------------------
 
-    def _open(self) -> str:
-        """Open and map the page; returns "" or the problem."""
+    def _open(self) -> tuple[str, str]:
+        """Open and map the page; returns ("", "") or (kind, problem)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
-            return "missing (no publisher has created it)"
+            return "missing", "missing (no publisher has created it)"
         except OSError as e:
-            return f"cannot open: {e.strerror} (errno {e.errno})"
+            if e.errno == errno.ELOOP:
+                return "untrusted", "untrusted: the path is a symbolic link"
+            return "invalid", f"cannot open: {e.strerror} (errno {e.errno})"
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
-                return "not a regular file"
+                return "invalid", "not a regular file"
             self.map = shm.Mapping(fd, abi.FILE_SIZE, writable=False)
-        except PvpatchError as e:
+        except (PvpatchError, OSError) as e:
             os.close(fd)
-            return f"cannot map: {e}"
+            return "invalid", f"cannot map: {e}"
         self.fd = fd
         self._ident = (st.st_dev, st.st_ino)
-        return ""
+        return "", ""
 
     def close(self) -> None:
         if self.map is not None:
@@ -133,11 +156,20 @@ class HintReader:
         if self.fd is not None and self._replaced():
             self.close()
         if self.fd is None:
-            problem = self._open()
+            kind, problem = self._open()
             if problem:
-                return HintState(self.path, False, False, problem, time.monotonic_ns())
+                return HintState(self.path, False, False, problem, time.monotonic_ns(),
+                                 kind=kind)
         try:
-            size = os.fstat(self.fd).st_size
+            st = os.fstat(self.fd)
+            # Trust before content: who could have written this file?  Checked on the open
+            # file at every read (an owner's chmod or chown takes effect at once).
+            untrusted = trust.page_problem(st, self.trusted)
+            if untrusted:
+                return HintState(self.path, False, False, untrusted, time.monotonic_ns(),
+                                 kind="untrusted" if untrusted.startswith("untrusted")
+                                 else "invalid")
+            size = st.st_size
             buf, _ = shm.snapshot(self.fd, abi.SIZE_V1)
             page = abi.decode(buf)
             now = time.monotonic_ns() if now_ns is None else now_ns

@@ -5,8 +5,9 @@ futex needs the address of the word, which Python's mmap object does not give.
 
 Memory ordering.  pvpatch runs on x86-64, whose memory model (TSO) keeps stores in program order
 and loads in program order, so the seqcount's smp_wmb()/smp_rmb() are compiler barriers only; each
-access here is a separate call into C, which no compiler reorders across.  The seqcount and the
-generation are 4-byte aligned words read and written with single 32-bit accesses (ctypes c_uint32).
+access here is a separate system call (pwrite, pread), which nothing reorders across.  The seqcount
+and the generation are 4-byte aligned words.  Nobody touches the page through a mapping from user
+space: the mapping exists for the futex only (see Mapping).
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def snapshot(fd: int, length: int) -> tuple[bytes, int]:
 
     Reader side of the seqcount: read seq (s1); if odd, a write is in progress: retry; copy the
     page; read seq again (s2); a change means the copy may be torn: retry.  Load order
-    s1 -> copy -> s2 pairs with the writer's store order odd -> payload -> even (Mapping.publish).
+    s1 -> copy -> s2 pairs with the writer's store order odd -> payload -> even (publish below).
 
     Readers copy with pread, not through their mapping: a page truncated under a mapping raises
     SIGBUS on access, which would let whoever owns the file crash every guest; pread just comes
@@ -124,7 +125,10 @@ def snapshot(fd: int, length: int) -> tuple[bytes, int]:
 
 
 class Mapping:
-    """A MAP_SHARED mapping of an open file descriptor (the caller keeps the fd)."""
+    """A MAP_SHARED mapping of an open file descriptor (the caller keeps the fd).
+
+    Only the futex needs it: the kernel reads and wakes the word with fault-safe accesses.  Nobody
+    in pvpatch loads or stores through it (SIGBUS if the file shrinks under it)."""
 
     def __init__(self, fd: int, length: int, writable: bool):
         prot = PROT_READ | (PROT_WRITE if writable else 0)
@@ -147,27 +151,6 @@ class Mapping:
         except Exception:
             pass
 
-    def _word(self, off: int) -> ctypes.c_uint32:
-        if self.addr is None:
-            raise ValueError("hint page mapping is closed")
-        return ctypes.c_uint32.from_address(self.addr + off)
-
-    def load32(self, off: int) -> int:
-        return self._word(off).value
-
-    def store32(self, off: int, value: int) -> None:
-        self._word(off).value = value & 0xFFFFFFFF
-
-    def read(self, off: int, n: int) -> bytes:
-        if self.addr is None:
-            raise ValueError("hint page mapping is closed")
-        return ctypes.string_at(self.addr + off, n)
-
-    def write(self, off: int, data: bytes) -> None:
-        if self.addr is None or not self.writable:
-            raise ValueError("hint page mapping is not writable")
-        ctypes.memmove(self.addr + off, data, len(data))
-
     def mprotect(self, prot: int) -> None:
         if _libc.mprotect(self.addr, self.length, prot) != 0:
             raise _oserror("mprotect")
@@ -176,26 +159,45 @@ class Mapping:
     def generation_addr(self) -> int:
         return self.addr + abi.OFF_GENERATION
 
-    # --- the seqcount protocol, writer side (docs/hints.md, "Publication") -------------------
 
-    def publish(self, payload: bytes, generation: int | None) -> int:
-        """Writer side: make `payload` (SIZE_V1 bytes from abi.encode) visible atomically.
+def publish(fd: int, payload: bytes, seq: int, generation: int | None) -> int:
+    """Writer side of the seqcount: make `payload` (SIZE_V1 bytes from abi.encode) visible
+    atomically in the page open at `fd`.  `seq` is the (even) count of the last publication.
 
-          1. seq += 1 (odd): readers that see it retry.          smp_wmb, partner: reader's s2
-          2. write every field but seqcount and generation.
-          3. if `generation` is given, store it (the futex word), inside the window so that a
-             snapshot's generation always matches its contents.
-          4. seq += 1 (even).                                    smp_wmb, partner: reader's s1
-        The caller then wakes the futex (step 5) when the generation moved.
-        Returns the new (even) seqcount."""
-        seq = self.load32(abi.OFF_SEQCOUNT)
-        if seq & 1:  # a previous publisher died mid-write: its odd count must not be kept
-            seq += 1
-        self.store32(abi.OFF_SEQCOUNT, seq + 1)
-        g0, g1 = abi.OFF_SEQCOUNT, abi.OFF_GENERATION + 4
-        self.write(0, payload[:g0])
-        self.write(g1, payload[g1:])
-        if generation is not None:
-            self.store32(abi.OFF_GENERATION, generation)
-        self.store32(abi.OFF_SEQCOUNT, seq + 2)
-        return (seq + 2) & 0xFFFFFFFF
+      1. seqcount = seq + 1 (odd): readers that see it retry.    smp_wmb, partner: reader's s2
+      2. write every field but seqcount and generation.
+      3. if `generation` is given, store it (the futex word), inside the window so that a
+         snapshot's generation always matches its contents.
+      4. seqcount = seq + 2 (even).                              smp_wmb, partner: reader's s1
+    The caller then wakes the futex (step 5) when the generation moved.
+
+    Every store is a pwrite, never a store through a mapping: a file truncated under a mapping
+    raises SIGBUS on access, and anyone who could truncate the page could then kill its
+    publisher; pwrite on a short file just extends it.  Each pwrite is a separate system call
+    into the page cache that the readers' preads and futexes see, which keeps 1-4 in order
+    (x86-64 TSO; see the module comment).  The seqcount and the generation are aligned 4-byte
+    pwrites.  Returns the new (even) seqcount."""
+    seq &= 0xFFFFFFFF
+    if seq & 1:  # a previous publisher died mid-write: its odd count must not be kept
+        seq += 1
+    odd, even = (seq + 1) & 0xFFFFFFFF, (seq + 2) & 0xFFFFFFFF
+    g0, g1 = abi.OFF_SEQCOUNT, abi.OFF_GENERATION + 4
+    _pwrite_all(fd, odd.to_bytes(4, "little"), abi.OFF_SEQCOUNT)           # 1
+    _pwrite_all(fd, payload[:g0], 0)                                        # 2
+    _pwrite_all(fd, payload[g1:], g1)
+    if generation is not None:                                              # 3
+        _pwrite_all(fd, (generation & 0xFFFFFFFF).to_bytes(4, "little"), abi.OFF_GENERATION)
+    _pwrite_all(fd, even.to_bytes(4, "little"), abi.OFF_SEQCOUNT)          # 4
+    return even
+
+
+def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+    n = os.pwrite(fd, data, off)
+    if n != len(data):  # a regular file on tmpfs writes all or fails; say so if not
+        raise SyscallError(_errno.EIO, f"short write ({n} of {len(data)} bytes)", "pwrite")
+
+
+def load32(fd: int, off: int) -> int | None:
+    """The 32-bit word at `off` of the file, or None if the file ends before it."""
+    b = os.pread(fd, 4, off)
+    return int.from_bytes(b, "little") if len(b) == 4 else None

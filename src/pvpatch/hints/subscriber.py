@@ -11,44 +11,50 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
 from . import abi, shm
 from .reader import HintReader, HintState
+from .supervise import Errors, Supervised
 
 log = logging.getLogger("pvpatch.hints")
 
 
-class Notifier:
+class Notifier(Supervised):
     """Runs `callback(HintState)` on a thread for every observation of the page at `path`.
 
     poll_s: how often to look again while the page is missing or invalid.  max_wait_s: the
-    longest sleep while it is usable (staleness is checked at least this often)."""
+    longest sleep while it is usable (staleness is checked at least this often).
+    publisher_uid: a uid whose pages are trusted besides root's and this process's own."""
+
+    component = "notifier"
 
     def __init__(self, path: str | None, callback, *, poll_s: float = 0.5,
-                 max_wait_s: float = 5.0, name: str = "pvpatch-hints-notifier"):
-        self.reader = HintReader(path)
+                 max_wait_s: float = 5.0, name: str = "pvpatch-hints-notifier",
+                 publisher_uid: int | None = None, errors: Errors | None = None,
+                 metrics=None):
+        super().__init__(name, errors)
+        self.reader = HintReader(path, publisher_uid=publisher_uid)
         self.path = self.reader.path
         self.callback = callback
         self.poll_s = poll_s
         self.max_wait_s = max_wait_s
+        self.metrics = metrics
         self.observations = 0
         self.wakeups = {"woken": 0, "changed": 0, "timeout": 0, "interrupted": 0, "slept": 0,
                         "fault": 0}
         self.warnings = 0
         self.last: HintState | None = None
-        self._stop = threading.Event()
         self._warned = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> "Notifier":
-        self._thread.start()
-        return self
+        self._was_usable = False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread; raises TimeoutError if it does not end within `timeout`."""
-        self._stop.set()
+        self.request_stop()
+        self.join(timeout, f"hint notifier on {self.path}")
+        self.reader.close()
+
+    def wake(self) -> None:
         m = self.reader.map
         if m is not None and m.addr is not None:
             # Wake our own thread from the futex.  Other guests sleeping on the page are woken
@@ -57,14 +63,6 @@ class Notifier:
                 shm.futex_wake(m.generation_addr)
             except Exception:  # the mapping may be going away: the timeout still ends the wait
                 pass
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"hint notifier on {self.path} did not stop within {timeout} s")
-        self.reader.close()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _report(self, st: HintState) -> None:
         if not st.usable and not self._warned:
@@ -77,12 +75,22 @@ class Notifier:
             log.warning("hint page %s: usable again (publisher pid %d, generation %d)",
                         self.path, p.publisher_pid, p.generation)
             self._warned = False
+        if st.valid:
+            # The publication a switch on this observation reacts to: the one that moved the
+            # generation - unless hints were not usable before (stale, invalid, untrusted...):
+            # then the page that made them usable again, i.e. this snapshot's heartbeat, not a
+            # generation change from before the gap.
+            p = st.page
+            st.cause_ns = p.changed_ns if self._was_usable or not st.usable else p.heartbeat_ns
+        self._was_usable = st.usable
         self.last = st
         self.observations += 1
+        if self.metrics is not None:
+            self.metrics.observed(st.status)
         try:
             self.callback(st)
-        except Exception:  # a broken callback must not end the notifier
-            log.exception("hint notifier callback failed")
+        except Exception as e:  # a broken callback must not end the notifier
+            self.errors.report(self.component, e, "callback skipped")
 
     def _timeout(self, st: HintState) -> float:
         if not st.usable:
@@ -102,25 +110,21 @@ class Notifier:
             return None
         return int.from_bytes(b, "little") if len(b) == 4 else None
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         # The reader stays open when the loop ends: stop() may still be waking us through its
         # mapping, and closes it after the join.
-        while not self._stop.is_set():
-            try:
-                self._round()
-            except Exception:  # a bug here must not leave the guest without a notifier
-                log.exception("hint notifier on %s: unexpected error; retrying", self.path)
-                self._stop.wait(self.poll_s)
+        while not self.stopping:
+            self._round()
 
     def _round(self) -> None:
         st = self.reader.read()
         self._report(st)
-        if self._stop.is_set():
+        if self.stopping:
             return
         gen = st.page.generation if st.valid else self._raw_generation()
         timeout = self._timeout(st)
         if gen is None or self.reader.map is None:
-            self._stop.wait(timeout)
+            self._stop_event.wait(timeout)
             self.wakeups["slept"] += 1
         else:
             self.wakeups[self.reader.wait(gen, timeout)] += 1

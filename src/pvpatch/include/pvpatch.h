@@ -9,16 +9,18 @@
  *   pvpatch_boot      sites patched once, when the module registers, then forgotten
  *
  * A record is 8 bytes and PC-relative, so the sections need no relocations (see struct
- * pvpatch_site).  At build time a site holds its *default* rendering: canonical NOPs followed by an
- * indirect call through the op's slot, so that the call is the last instruction and the return
- * address is the end of the site.  When the module registers (pvpatch.register_module()), every
- * site is rewritten to the group's current variant, which is always one instruction:
+ * pvpatch_site).  At build time a site holds its *default* rendering, an indirect call through
+ * the op's slot, `call *slot(%rip)`, stretched to the site length with prefixes, so that the
+ * return address is the end of the site.  When the module registers (pvpatch.register_module()),
+ * every site is rewritten to the group's current variant, which is also one instruction:
  *
  *   call rel32      to the variant's function, stretched to the site length with CS prefixes
  *   inline template the variant's one-instruction template, stretched the same way
+ *   nop             one NOP of the site's length, for an implementation that does nothing
  *
- * One instruction per site means that a thread preempted or returning anywhere near a site is on
- * an instruction boundary of every rendering (see docs/protocol.md).
+ * One instruction per site, the default included, means that a thread preempted or returning
+ * anywhere near a site is on an instruction boundary of every rendering, so registration and
+ * every later switch are safe for threads already running the site (see docs/protocol.md).
  *
  * Usage (one group `demo` with ops `get` and `put`, variants native and pv):
  *
@@ -28,14 +30,17 @@
  *
  *   long r = PVPATCH_CALL1(demo, get, 6, 0, arg);            // a 6-byte runtime site
  *
- * and, in one translation unit, the slots, the tables and the module descriptor (see the selftest
- * group in pvpatch's own core, src/pvpatch/_core/selftest_sites.c, for a complete example).
+ * and, in one translation unit, the slots (initialised: see "Slots" below), the tables and the
+ * module descriptor (see the selftest group in pvpatch's own core,
+ * src/pvpatch/_core/selftest_sites.c, for a complete example).
  *
  * Site ABI: a site is an ordinary SysV call with up to three integer arguments (rdi, rsi, rdx)
- * and an integer result in rax; every caller-saved register is clobbered, the red zone is
- * stepped over and the stack is 16-byte aligned at the call, so sites may sit inline in any
- * function, leaf or not.  Code that keeps values in x87, AVX-512 or mask registers across a
- * site must not be built with those extensions enabled.
+ * and an integer result in rax; every caller-saved register is clobbered (AVX-512 registers and
+ * masks too when the file is compiled with AVX-512), the function holding the site is made a
+ * non-leaf so that it keeps nothing in the red zone, and the stack is 16-byte aligned at the
+ * site.  Sites may sit in any function, leaf or not, at any optimisation level, with or without
+ * frame pointers, with LTO; no compiler flag is required.  See "The site ABI" below and
+ * docs/extensions.md.
  */
 #ifndef PVPATCH_H
 #define PVPATCH_H
@@ -51,6 +56,7 @@
 /* Site flags (pvpatch_site.flags). */
 #define PVPATCH_F_BOOT 0x01     /* patched at registration only, then dropped */
 #define PVPATCH_F_NOINLINE 0x02 /* never render an inline template here */
+#define PVPATCH_F_UNALIGNED 0x04 /* no NOPs before the site to align its rel32 field */
 
 /* One site record: 8 bytes, PC-relative (the site is at (char *)&rec->rel + rec->rel). */
 struct pvpatch_site {
@@ -114,35 +120,77 @@ struct pvpatch_module {
 
 /* ---- sites ------------------------------------------------------------------------------ */
 
-/* Canonical NOPs (Intel SDM, "Recommended Multi-Byte Sequence of NOP Instruction"); the padding
- * of a default site is at most 9 bytes, so one of these. */
-__asm__(".macro pvpatch_nop n\n"
-        ".if \\n == 1\n .byte 0x90\n"
-        ".elseif \\n == 2\n .byte 0x66,0x90\n"
-        ".elseif \\n == 3\n .byte 0x0f,0x1f,0x00\n"
-        ".elseif \\n == 4\n .byte 0x0f,0x1f,0x40,0x00\n"
-        ".elseif \\n == 5\n .byte 0x0f,0x1f,0x44,0x00,0x00\n"
-        ".elseif \\n == 6\n .byte 0x66,0x0f,0x1f,0x44,0x00,0x00\n"
-        ".elseif \\n == 7\n .byte 0x0f,0x1f,0x80,0x00,0x00,0x00,0x00\n"
-        ".elseif \\n == 8\n .byte 0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00\n"
-        ".elseif \\n == 9\n .byte 0x66,0x0f,0x1f,0x84,0x00,0x00,0x00,0x00,0x00\n"
-        ".elseif \\n != 0\n .error \"pvpatch: bad padding\"\n"
-        ".endif\n"
-        ".endm\n");
+/*
+ * The site ABI (docs/extensions.md has the argument and the measurements).
+ *
+ * A site is one asm statement holding ONE instruction, `call *slot(%rip)` (ff 15 rel32) at build
+ * time, stretched to the site length with CS prefixes (2e, ignored in 64-bit mode).  Nothing
+ * else runs around it: no stack switch, no saved registers.  What makes that correct:
+ *
+ *  - Registers.  Arguments are in rdi, rsi, rdx, the result in rax; rcx, r8-r11, the argument
+ *    registers the site does not use, xmm0-15 (whole registers: the compilers model ymm/zmm as
+ *    the same hard register, so the upper halves go with them), the x87/MMX stack and the
+ *    flags are clobbered, as by a call.  Files compiled with AVX-512 enabled (__AVX512F__) also
+ *    clobber xmm16-31 and k0-7, so a compiler that may keep values there does not.
+ *  - Red zone.  A call stores its return address at rsp-8, where a leaf function keeps data
+ *    (the SysV red zone).  Every function holding a site is made a non-leaf at no run-time
+ *    cost: PVPATCH__NONLEAF is an `asm goto` that never jumps, to a block that calls abort().
+ *    A function that calls anything does not use the red zone (gcc, clang).
+ *  - Alignment.  A non-leaf function keeps rsp 16-byte aligned after its prologue.  The site
+ *    names rsp as an in/out operand (the kernel's ASM_CALL_CONSTRAINT), which keeps the
+ *    prologue from being shrink-wrapped past the site: without it gcc -O2 sinks the prologue
+ *    into the abort() block and the site runs with rsp = 8 mod 16.
+ *  - Unwinding.  The asm does not move rsp, so the caller's CFI stays true at the call and at
+ *    its return address (the site end): gdb, backtrace(), libunwind and pthread_cancel unwind
+ *    through a site like through any call.
+ *  - Arguments are evaluated once each, in order, into temporaries; only then are registers
+ *    bound (through constraints, never by register variables that a later call would clobber).
+ *  - The rel32 field (the last 4 bytes of every call rendering) is 4-byte aligned: the site is
+ *    preceded by at most two NOPs (.balign 4, then (-len) & 3 bytes), so retargeting a call is
+ *    one aligned 4-byte store.  PVPATCH_F_UNALIGNED drops them for a site where even a NOP
+ *    counts; retargeting such a site takes the int3 path.
+ *
+ * Nothing here is an assembler macro: a .macro defined by a header is defined twice when LTO
+ * puts two translation units in one assembly file.
+ *
+ * Slots: a site that runs before its module registers calls *slot, so every slot must hold a
+ * valid function (normally the native implementation) from the start; initialise them with
+ * PVPATCH_DEFINE_SLOTS(group) = { ... }.
+ */
 
-/* The bytes of one site and its record.  Around the site: the old stack pointer is kept on the
- * stack, the red zone is skipped and the stack aligned, as the callee's ABI wants. */
+/* The stack pointer as an asm operand (the kernel's current_stack_pointer): at file scope,
+ * because clang treats a local register variable as an ordinary value that it copies in and out
+ * of rsp around the asm. */
+register unsigned long pvpatch__sp __asm__("rsp");
+
+/* Makes the enclosing function non-leaf (see above).  The label is never taken. */
+#define PVPATCH__NONLEAF()                                                                   \
+    do {                                                                                     \
+        __label__ pvp_never__;                                                               \
+        __asm__ goto("" : : : : pvp_never__);                                                \
+        if (0) {                                                                             \
+        pvp_never__:                                                                         \
+            __builtin_abort();                                                               \
+        }                                                                                    \
+    } while (0)
+
+/* The bytes of one site and its record. */
 #define PVPATCH__SITE(group, section)                                                        \
-    "mov %%rsp, %%rax\n\t"                                                                   \
-    "lea -128(%%rsp), %%rsp\n\t"                                                             \
-    "and $-16, %%rsp\n\t"                                                                    \
-    "push %%rax\n\t"                                                                         \
-    "push %%rax\n"                                                                           \
     ".if %c[pvp_len] < 6 || %c[pvp_len] > 15\n\t"                                            \
-    ".error \"pvpatch: a site is 6 to 15 bytes long\"\n"                                     \
+    ".error \"pvpatch: a site is 6 to 15 bytes long\"\n\t"                                   \
+    ".endif\n\t"                                                                             \
+    ".if (%c[pvp_flags] & 4) == 0\n\t"                                                       \
+    ".balign 4\n\t"                                                                          \
+    ".if ((-%c[pvp_len]) & 3) == 1\n\t"                                                      \
+    ".byte 0x90\n\t"                                                                         \
+    ".elseif ((-%c[pvp_len]) & 3) == 2\n\t"                                                  \
+    ".byte 0x66, 0x90\n\t"                                                                   \
+    ".elseif ((-%c[pvp_len]) & 3) == 3\n\t"                                                  \
+    ".byte 0x0f, 0x1f, 0x00\n\t"                                                             \
+    ".endif\n\t"                                                                             \
     ".endif\n"                                                                               \
     "661:\n\t"                                                                               \
-    "pvpatch_nop (%c[pvp_len] - 6)\n\t"                                                      \
+    ".fill %c[pvp_len] - 6, 1, 0x2e\n\t"                                                     \
     ".byte 0xff, 0x15\n\t"                                                                   \
     ".long pvpatch_slots_" #group " + 8 * %c[pvp_op] - (. + 4)\n"                            \
     "662:\n\t"                                                                               \
@@ -150,42 +198,103 @@ __asm__(".macro pvpatch_nop n\n"
     ".balign 8\n\t"                                                                          \
     ".long 661b - .\n\t"                                                                     \
     ".byte %c[pvp_len], %c[pvp_group], %c[pvp_op], %c[pvp_flags]\n\t"                        \
-    ".popsection\n\t"                                                                        \
-    "mov (%%rsp), %%rsp\n"
+    ".popsection"
 
+#ifdef __AVX512F__
+#define PVPATCH__CLOBBERS_AVX512                                                             \
+    , "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24",        \
+        "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "k0", "k1", "k2", "k3", \
+        "k4", "k5", "k6", "k7"
+#else
+#define PVPATCH__CLOBBERS_AVX512
+#endif
+
+/* Caller-saved state of the SysV ABI that is not an operand of the site. */
 #define PVPATCH__CLOBBERS                                                                    \
     "memory", "cc", "rcx", "r8", "r9", "r10", "r11", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", \
         "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", \
-        "xmm15"
+        "xmm15", "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)", "mm0",  \
+        "mm1", "mm2", "mm3", "mm4", "mm5", "mm6", "mm7" PVPATCH__CLOBBERS_AVX512
 
-#define PVPATCH__CALL(group, op, len, flags, section, a0, a1, a2)                             \
+#define PVPATCH__IMM(group, op, len, flags)                                                  \
+    [pvp_len] "i"(len), [pvp_group] "i"(PVPATCH_GROUP_ID(group)),                           \
+        [pvp_op] "i"(PVPATCH_OP_ID(group, op)), [pvp_flags] "i"(flags)
+
+/* One site with n arguments: evaluate a0..a2 in order into temporaries, then run the site with
+ * them bound to rdi, rsi, rdx by constraint. */
+#define PVPATCH__CALL0(group, op, len, flags, section)                                       \
     __extension__({                                                                         \
-        register unsigned long pvp_rdi__ __asm__("rdi") = (unsigned long)(a0);              \
-        register unsigned long pvp_rsi__ __asm__("rsi") = (unsigned long)(a1);              \
-        register unsigned long pvp_rdx__ __asm__("rdx") = (unsigned long)(a2);              \
         unsigned long pvp_ret__;                                                            \
+        PVPATCH__NONLEAF();                                                                 \
         __asm__ volatile(PVPATCH__SITE(group, section)                                      \
-                         : "=a"(pvp_ret__), "+r"(pvp_rdi__), "+r"(pvp_rsi__), "+r"(pvp_rdx__) \
-                         : [pvp_len] "i"(len), [pvp_group] "i"(PVPATCH_GROUP_ID(group)),     \
-                           [pvp_op] "i"(PVPATCH_OP_ID(group, op)), [pvp_flags] "i"(flags)    \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp)                                  \
+                         : PVPATCH__IMM(group, op, len, flags)                              \
+                         : "rdi", "rsi", "rdx", PVPATCH__CLOBBERS);                         \
+        pvp_ret__;                                                                          \
+    })
+#define PVPATCH__CALL1(group, op, len, flags, section, a0)                                   \
+    __extension__({                                                                         \
+        unsigned long pvp_a0__ = (unsigned long)(a0);                                       \
+        unsigned long pvp_ret__;                                                            \
+        PVPATCH__NONLEAF();                                                                 \
+        __asm__ volatile(PVPATCH__SITE(group, section)                                      \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp), "+D"(pvp_a0__)                  \
+                         : PVPATCH__IMM(group, op, len, flags)                              \
+                         : "rsi", "rdx", PVPATCH__CLOBBERS);                                \
+        pvp_ret__;                                                                          \
+    })
+#define PVPATCH__CALL2(group, op, len, flags, section, a0, a1)                               \
+    __extension__({                                                                         \
+        unsigned long pvp_a0__ = (unsigned long)(a0);                                       \
+        unsigned long pvp_a1__ = (unsigned long)(a1);                                       \
+        unsigned long pvp_ret__;                                                            \
+        PVPATCH__NONLEAF();                                                                 \
+        __asm__ volatile(PVPATCH__SITE(group, section)                                      \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp), "+D"(pvp_a0__), "+S"(pvp_a1__)  \
+                         : PVPATCH__IMM(group, op, len, flags)                              \
+                         : "rdx", PVPATCH__CLOBBERS);                                       \
+        pvp_ret__;                                                                          \
+    })
+#define PVPATCH__CALL3(group, op, len, flags, section, a0, a1, a2)                           \
+    __extension__({                                                                         \
+        unsigned long pvp_a0__ = (unsigned long)(a0);                                       \
+        unsigned long pvp_a1__ = (unsigned long)(a1);                                       \
+        unsigned long pvp_a2__ = (unsigned long)(a2);                                       \
+        unsigned long pvp_ret__;                                                            \
+        PVPATCH__NONLEAF();                                                                 \
+        __asm__ volatile(PVPATCH__SITE(group, section)                                      \
+                         : "=a"(pvp_ret__), "+r"(pvpatch__sp), "+D"(pvp_a0__), "+S"(pvp_a1__), \
+                           "+d"(pvp_a2__)                                                   \
+                         : PVPATCH__IMM(group, op, len, flags)                              \
                          : PVPATCH__CLOBBERS);                                              \
         pvp_ret__;                                                                          \
     })
 
-/* A runtime site: call op `op` of `group` with up to three integer arguments; the value is an
- * unsigned long (the op's rax).  `len` is the site length (6..15), `flags` PVPATCH_F_NOINLINE or
- * 0. */
+#define PVPATCH__RT(flags) ((flags) & ~PVPATCH_F_BOOT)
+#define PVPATCH__BT(flags) ((flags) | PVPATCH_F_BOOT)
+
+/* A runtime site: call op `op` of `group` with 0..3 integer or pointer arguments, each
+ * evaluated exactly once, in order; the value is an unsigned long (the op's rax).  `len` is the
+ * site length (6..15), `flags` 0 or PVPATCH_F_NOINLINE | PVPATCH_F_UNALIGNED.  Both must be
+ * integer constants. */
+#define PVPATCH_CALL0(group, op, len, flags) \
+    PVPATCH__CALL0(group, op, len, PVPATCH__RT(flags), "pvpatch_runtime")
+#define PVPATCH_CALL1(group, op, len, flags, a0) \
+    PVPATCH__CALL1(group, op, len, PVPATCH__RT(flags), "pvpatch_runtime", a0)
+#define PVPATCH_CALL2(group, op, len, flags, a0, a1) \
+    PVPATCH__CALL2(group, op, len, PVPATCH__RT(flags), "pvpatch_runtime", a0, a1)
 #define PVPATCH_CALL3(group, op, len, flags, a0, a1, a2) \
-    PVPATCH__CALL(group, op, len, (flags) & ~PVPATCH_F_BOOT, "pvpatch_runtime", a0, a1, a2)
-#define PVPATCH_CALL2(group, op, len, flags, a0, a1) PVPATCH_CALL3(group, op, len, flags, a0, a1, 0)
-#define PVPATCH_CALL1(group, op, len, flags, a0) PVPATCH_CALL3(group, op, len, flags, a0, 0, 0)
-#define PVPATCH_CALL0(group, op, len, flags) PVPATCH_CALL3(group, op, len, flags, 0, 0, 0)
+    PVPATCH__CALL3(group, op, len, PVPATCH__RT(flags), "pvpatch_runtime", a0, a1, a2)
 
 /* A boot-only site: rendered once, when the module registers, as the variant current then. */
-#define PVPATCH_BOOT_CALL3(group, op, len, flags, a0, a1, a2) \
-    PVPATCH__CALL(group, op, len, (flags) | PVPATCH_F_BOOT, "pvpatch_boot", a0, a1, a2)
+#define PVPATCH_BOOT_CALL0(group, op, len, flags) \
+    PVPATCH__CALL0(group, op, len, PVPATCH__BT(flags), "pvpatch_boot")
 #define PVPATCH_BOOT_CALL1(group, op, len, flags, a0) \
-    PVPATCH_BOOT_CALL3(group, op, len, flags, a0, 0, 0)
+    PVPATCH__CALL1(group, op, len, PVPATCH__BT(flags), "pvpatch_boot", a0)
+#define PVPATCH_BOOT_CALL2(group, op, len, flags, a0, a1) \
+    PVPATCH__CALL2(group, op, len, PVPATCH__BT(flags), "pvpatch_boot", a0, a1)
+#define PVPATCH_BOOT_CALL3(group, op, len, flags, a0, a1, a2) \
+    PVPATCH__CALL3(group, op, len, PVPATCH__BT(flags), "pvpatch_boot", a0, a1, a2)
 
 /* ---- the module descriptor -------------------------------------------------------------- */
 
