@@ -624,7 +624,8 @@ def main() -> int:
         for i, step in enumerate(steps, 1):
             print(f"  {i:3d}. {step}")
     if r.ok:
-        print("no torn execution, every execution allowed, read-backs correct, never stuck")
+        print("no torn execution, every execution allowed, read-backs correct, never stuck, "
+              "no livelock")
     return 0 if r.ok else 1
 
 
