@@ -1,7 +1,8 @@
 """`pvpatch bench`: what switching costs.
 
 patch: runtime_patch over generated sites (10 .. 10,000), whole call and the C batch alone, and
-the syncs each batch took.  Other suites (hints) register themselves in SUITES.
+the syncs each batch took; with threads, also with idle threads and with busy threads trapping
+on the sites being patched.  Other suites (hints) register themselves in SUITES.
 """
 from __future__ import annotations
 
@@ -25,44 +26,85 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
 
 
-@suite("patch")
-def bench_patch(sizes=SIZES, repeat: int = 41, progress=None) -> dict:
-    import pvpatch
-    from . import gen
+_GENERATED: dict = {}  # group -> gen.Generated, kept so that busy threads can run its sites
 
-    rows = []
+
+@suite("patch")
+def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) -> dict:
+    """runtime_patch over `sizes` generated sites, `repeat` times each.  With `threads`, each
+    size is measured three ways, side by side: alone, with `threads` idle threads in the
+    process, and with `threads` busy threads calling the group's sites (so trapping on them)."""
+    import os
+
+    import pvpatch
+    from . import _core, gen
+
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, not {threads}")
+    loads = [("alone", 0, 0)] + ([("idle", 0, threads), ("busy", threads, 0)] if threads else [])
+    res = {"suite": "patch", "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
+           "threads": threads, "rows": []}
     for n in sizes:
         group = f"bench{n}"
         if group not in pvpatch.registry.groups:
             g = gen.generate(n, length=6, group=group)
             pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
-        wall, batch, syncs = [], [], set()
-        for i in range(repeat):
-            variant = ("pv", "alt", "native")[i % 3]
-            t0 = time.perf_counter()
-            ev = pvpatch.runtime_patch({group: variant})
-            wall.append(time.perf_counter() - t0)
-            batch.append(sum(ev.batch_ns) / 1e9)
-            syncs.add(ev.syncs)
-        pvpatch.runtime_patch({group: "native"})
-        row = {"sites": n, "repeat": repeat,
-               "median_ms": statistics.median(wall) * 1e3, "p90_ms": _pct(wall, 0.9) * 1e3,
-               "min_ms": min(wall) * 1e3,
-               "batch_median_ms": statistics.median(batch) * 1e3,
-               "syncs_per_batch": sorted(syncs)}
-        rows.append(row)
-        if progress:
-            progress(row)
-    return {"suite": "patch", "rows": rows}
+            _GENERATED[group] = g
+        for load, busy, idle in loads:
+            fns = _GENERATED[group].functions if busy else []
+            wall, batch, syncs, traps = [], [], set(), 0
+            if busy or idle:
+                _core.bench_threads_start(fns, busy, idle)
+            flips0 = _core.trap_counters()["atomic_flips"]
+            try:
+                for i in range(repeat):
+                    variant = ("pv", "alt", "native")[i % 3]
+                    t0 = time.perf_counter()
+                    ev = pvpatch.runtime_patch({group: variant})
+                    wall.append(time.perf_counter() - t0)
+                    batch.append(sum(ev.batch_ns) / 1e9)
+                    syncs.add(ev.syncs)
+                    traps += ev.traps
+            finally:
+                bt = _core.bench_threads_stop() if busy or idle else {"calls": 0, "failures": 0}
+            flips = _core.trap_counters()["atomic_flips"] - flips0
+            pvpatch.runtime_patch({group: "native"})
+            row = {"sites": n, "load": load, "threads": busy + idle, "repeat": repeat,
+                   "median_ms": statistics.median(wall) * 1e3, "p90_ms": _pct(wall, 0.9) * 1e3,
+                   "p99_ms": _pct(wall, 0.99) * 1e3, "min_ms": min(wall) * 1e3,
+                   "batch_median_ms": statistics.median(batch) * 1e3,
+                   "batch_p99_ms": _pct(batch, 0.99) * 1e3,
+                   "syncs_per_batch": sorted(syncs), "traps_per_batch": traps / repeat,
+                   "atomic_flips_per_batch": flips / repeat,
+                   "busy_calls": bt["calls"], "busy_failures": bt["failures"]}
+            res["rows"].append(row)
+            if progress:
+                progress(row)
+    res["loadavg_after"] = list(os.getloadavg())
+    return res
 
 
 def format_patch(res: dict) -> str:
-    out = [f"{'sites':>7} {'median ms':>10} {'p90 ms':>9} {'min ms':>9} {'C batch ms':>11} "
-           f"{'syncs/batch':>12}"]
+    out = []
+    if "cpus" in res:
+        out.append(f"{res['cpus']} CPUs, load average {res['loadavg'][0]:.2f} at start, "
+                   f"{res['loadavg_after'][0]:.2f} at end")
+    out.append(f"{'sites':>7} {'load':>11} {'median ms':>10} {'p99 ms':>9} {'min ms':>9} "
+               f"{'C batch ms':>11} {'syncs/batch':>12} {'traps/batch':>12} "
+               f"{'flips/batch':>12}")
     for r in res["rows"]:
-        out.append(f"{r['sites']:>7} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} "
-                   f"{r['min_ms']:>9.3f} {r['batch_median_ms']:>11.3f} "
-                   f"{','.join(map(str, r['syncs_per_batch'])):>12}")
+        load = r.get("load", "alone")
+        if r.get("threads"):
+            load = f"{r['threads']} {load}"
+        out.append(f"{r['sites']:>7} {load:>11} {r['median_ms']:>10.3f} "
+                   f"{r.get('p99_ms', r['p90_ms']):>9.3f} {r['min_ms']:>9.3f} "
+                   f"{r['batch_median_ms']:>11.3f} "
+                   f"{','.join(map(str, r['syncs_per_batch'])):>12} "
+                   f"{r.get('traps_per_batch', 0):>12.1f} "
+                   f"{r.get('atomic_flips_per_batch', 0):>12.1f}")
+        if r.get("busy_failures"):
+            out.append(f"        FAILURES: {r['busy_failures']} wrong results in "
+                       f"{r['busy_calls']} site calls")
     return "\n".join(out)
 
 

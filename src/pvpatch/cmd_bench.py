@@ -27,6 +27,8 @@ def run(args) -> int:
         kwargs = {}
         if name == "patch" and args.repeat:
             kwargs["repeat"] = args.repeat
+        if name == "patch" and args.threads:
+            kwargs["threads"] = args.threads
         results[name] = bench.SUITES[name](**kwargs)
         if not args.json:
             fmt = bench.FORMATTERS.get(name)
@@ -44,5 +46,8 @@ def register(sub) -> None:
                    help=f"suites to run: {', '.join(bench.SUITES)} (default: all)")
     p.add_argument("--repeat", type=cliargs.integer(1, 100000), default=0, metavar="N",
                    help="runs per size for the patch suite (default: the suite's)")
+    p.add_argument("--threads", type=cliargs.integer(0, 256), default=0, metavar="N",
+                   help="patch suite: also measure with N idle threads and with N busy threads "
+                        "running the sites being patched")
     p.add_argument("--json", action="store_true", help="every result as one JSON object")
     p.set_defaults(func=run)

@@ -20,13 +20,18 @@ def _progress(res, elapsed):
 def run(args) -> int:
     import pvpatch  # noqa: F401  (registers the core)
 
+    sigblock = args.sigblock_thread or args.hostile
+    fullmask = args.fullmask_handler or args.hostile
     if not args.json:
+        extra = "".join([", a thread blocking all signals around site calls" if sigblock else "",
+                         ", handler with a full mask" if fullmask else ""])
         print(f"pvpatch selftest: {args.duration:g} s, {args.threads} executor threads, "
-              f"nmi-level {args.nmi_level}, signals at {args.signal_hz:g} Hz per thread",
+              f"nmi-level {args.nmi_level}, signals at {args.signal_hz:g} Hz per thread{extra}",
               file=sys.stderr)
     res = selftest.run(duration=args.duration, threads=args.threads, nmi_level=args.nmi_level,
                        signal_hz=args.signal_hz, stall_timeout=args.stall_timeout,
-                       progress=None if args.json else _progress)
+                       progress=None if args.json else _progress, sigblock_thread=sigblock,
+                       fullmask_handler=fullmask)
     if args.json:
         print(json.dumps({"schema": JSON_SCHEMA, **res.as_dict()}, indent=2))
     else:
@@ -38,6 +43,9 @@ def run(args) -> int:
                 ("  rewound: the site was already whole", res.stale_traps),
                 ("signals delivered", res.signals),
                 ("handler lock taken", res.handler_lock_taken),
+                ("site calls with all signals blocked", res.sigblock_calls),
+                ("handler runs with every other signal blocked", res.handler_runs_fullmask),
+                ("  with SIGTRAP blocked too", res.handler_runs_sigtrap_blocked),
                 ("failures", res.failures)]
         for name, value in rows:
             print(f"{name:<48} {value:>12}")
@@ -65,5 +73,12 @@ def register(sub) -> None:
     p.add_argument("--stall-timeout", type=cliargs.seconds(0.1, 3600), default=10.0,
                    metavar="S", help="no progress for this long is a stall: state dumped, exit 1 "
                                      "(default 10)")
+    p.add_argument("--sigblock-thread", action="store_true",
+                   help="one more thread runs the sites with every signal blocked around the "
+                        "calls (pthread_sigmask), in a loop")
+    p.add_argument("--fullmask-handler", action="store_true",
+                   help="install the signal handler that runs sites with a full mask "
+                        "(sigfillset(&sa.sa_mask))")
+    p.add_argument("--hostile", action="store_true", help="both of the above")
     p.add_argument("--json", action="store_true", help="the counters as one JSON object")
     p.set_defaults(func=run)

@@ -1,21 +1,55 @@
 """An exhaustive model of the batch protocol (src/pvpatch/_core/poke.c, docs/protocol.md).
 
 Every interleaving of one patcher and N executor threads over one site is explored, breadth
-first, and three things are checked in every reachable state:
+first, and these things are checked in every reachable state:
 
-- no thread executes a torn instruction (first byte of one version, tail of another);
-- the patcher's read-back after each batch finds the new bytes;
-- no state is stuck (some step is always enabled until everyone is done).
+- no thread executes a torn instruction (first byte of one version, tail of another; for the
+  rel32 path, half of one displacement and half of another), nor starts an instruction at a
+  byte that is not an instruction boundary;
+- every instruction a thread executes, fetched, emulated by the trap handler or run from an
+  out-of-line slot, is one the site may run at that moment: the current version, or the live
+  batch's new version once that batch has written its int3 (or its rel32 store); once the batch
+  has returned, only its new version (a batch that returned an error: its old one; and while no
+  sync has succeeded since, whatever a thread may still hold stale);
+- a trap on an int3 of ours is never taken for a foreign one (that goes to the previous
+  handler: with none, the process dies);
+- the patcher's read-back after each batch finds the new bytes, and no batch returns, even with
+  an error, leaving the site mixed;
+- no state is stuck, and from every state the end stays reachable (no deadlock, no livelock:
+  a thread bouncing between site and slot while the patcher is suspended is one).
 
-The site has a first byte and one tail byte.  Values: O (before), N (after batch 1), P (after
-batch 2), I (int3).  Memory is modelled as x86 code really behaves for another thread: a thread
-may fetch any value written to a byte since its last serialisation (stale instruction bytes), never
-an older one than it already saw; a sync (membarrier SYNC_CORE) serialises every thread, and it
-can only happen while no thread is between fetching and executing an instruction, because the
-IPI lands on instruction boundaries.
+The site has a first byte and a tail.  Values: O (before), N (after batch 1), P (after batch 2),
+Q (after batch 3), I (int3).  Memory is modelled as x86 code really behaves for another thread:
+a thread may fetch any value written to a byte since its last serialisation (stale instruction
+bytes), never an older one than it already saw; a sync (membarrier SYNC_CORE) serialises every
+thread, and it can only happen while no thread is between fetching and executing an
+instruction, because the IPI lands on instruction boundaries.  A sync may fail (membarrier
+returns an error, nobody is serialised): the batch then ends as docs/protocol.md ("A failed
+sync") says: at sync #1 the old first byte goes back and the batch is unpublished; at sync #2 it
+is parked (old tail behind the int3, handlers emulating the old rendering, still live) until the
+next batch syncs, restores the old first byte and unpublishes; at sync #3 it is committed.
+
+The trap handler (poke.c, dispatch; rules H1-H5 of docs/protocol.md) writes no code and issues
+no sync.  H1: it loads live_seq, the site's pending word, the site's first byte, live_seq again,
+and starts over if the two differ.  H2: if a batch is live, the pending word carries its
+generation and the first byte is int3, it runs the pending word's instruction: a call (or NOP)
+counts as executed there, since from then on the thread is, for every other thread, inside the
+callee; an inline rendering is run later from its out-of-line slot, which the handler sends the
+thread to after serialising.  H3: a first byte that is not int3: rewind.  H4: a trap on a
+disarmed slot is a trap on its site.  H5: anything else is foreign.  The patcher writes the
+pending word and arms the slot (its first byte becomes the instruction's) before publishing,
+and disarms the slot (int3) after the first byte, before sync #3.
+
+A thread may take a signal at any instruction boundary, including inside the trap handler; the
+signal handler runs the site once (and may trap, nested in the interrupted handler).  The
+patcher's own thread may take one too, while the patcher is suspended.
+
+The rel32 path (`path="rel32"`): a call->call retarget whose rel32 field lies in one aligned
+8-byte word is one aligned store of the field and one sync; no int3, no handler.
 
 Mutations switch off one piece of the protocol each; the tests show the model then finds the
-failure it guards against, so the model is not vacuous.
+failure it guards against, so the model is not vacuous.  Each has the configuration under
+which it shows (MUTATION_CONFIG).
 """
 from __future__ import annotations
 
@@ -23,50 +57,117 @@ from collections import deque
 from dataclasses import dataclass, field
 
 I = "I"
+C = "C"                             # the rel32 path's opcode byte, never written
 VERSIONS = ("O", "N", "P", "Q")     # the site's bytes before batch 1, after batch 1, 2, 3
-# The patcher's syncs: program counter -> (state reached, next step, mutation that skips it).
+# The patcher's syncs: program counter -> (sync number, next step, mutation that skips it).
 SYNCS = {"sync1": (1, "tail", "no_sync1"), "sync2": (2, "first", "no_sync2"),
-         "sync3": (3, "retire", None)}
-# The handler's steps (complete_site in poke.c): sync k -> raise the state to k -> next.
-HANDLER_SYNCS = {"h_s1": (1, "h_r1"), "h_s2": (2, "h_r2"), "h_s3": (3, "h_r3")}
-HANDLER_RAISES = {"h_r1": (1, "h_tail"), "h_r2": (2, "h_first"), "h_r3": (3, "h_drop")}
-MUTATIONS = ("no_sync1", "no_sync2", "no_refs_wait", "helper_no_sync", "first_byte_early",
-             "helper_ignores_byte")
+         "sync3": (3, "unpublish", None), "sync": (1, "readback", "rel32_no_sync"),
+         "unpark_sync": (0, "unpark_first", None)}
+# Where the batch's new version may run: during the call (runtime_patch's contract: either
+# version while it runs), that is from step 0 to its return; strict: only from its int3 (or its
+# store) on.
+CLOSED = ("publish", "done")
+STRICT_OPEN = {"int3": ("sync1", "tail", "sync2", "first", "first_late", "disarm", "sync3",
+                        "unpublish",
+                        "readback", "rb_first", "rb_disarm", "rb_unpublish", "park_tail",
+                        "park_disarm", "park_pending"),
+               "rel32": ("store_hi", "sync", "readback")}
+# Program counters where a thread is between instructions (a signal or a sync may land there).
+BOUNDARY = ("fetch0", "inner", "slot", "h_seq1", "h_pend", "h_byte", "h_seq2")
+KINDS = ("call", "inline")
+PATHS = ("int3", "rel32")
+MUTATIONS = ("no_sync1", "no_sync2", "first_byte_early", "no_int3_check", "no_seqlock",
+             "emulate_old", "park_emulates_new", "no_disarm", "disarm_before_first", "two_insn_default",
+             "sync_failure_ignored", "sync_failure_gives_up", "handler_waits",
+             "rel32_torn_store", "rel32_no_sync")
+# The smallest configuration under which each mutation shows (all else as check()'s defaults).
+MUTATION_CONFIG = {
+    "no_int3_check": {"strict": True},
+    "no_seqlock": {"executors": 1, "batches": 3, "executions": 3},
+    "emulate_old": {"kind": "inline", "executors": 1, "executions": 1, "patcher_signals": 1},
+    "park_emulates_new": {"executors": 1, "sync_failures": 1},
+    "sync_failure_ignored": {"executors": 1, "sync_failures": 1},
+    "sync_failure_gives_up": {"executors": 1, "sync_failures": 1},
+    "no_disarm": {"kind": "inline", "executors": 1},
+    "disarm_before_first": {"kind": "inline", "executors": 1, "executions": 1,
+                            "patcher_signals": 1},
+    "handler_waits": {"executors": 1, "executions": 1, "patcher_signals": 1},
+    "rel32_torn_store": {"path": "rel32"},
+    "rel32_no_sync": {"path": "rel32"},
+}
 
 
 @dataclass
 class Result:
     states: int
     violations: list[tuple[str, list[str]]] = field(default_factory=list)
+    mutation: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
+    def as_dict(self) -> dict:
+        return {"states": self.states, "ok": self.ok, "mutation": self.mutation,
+                "violations": [{"what": w, "trace": steps} for w, steps in self.violations]}
+
 
 def check(executors: int = 2, batches: int = 2, executions: int = 2,
-          mutation: str | None = None, max_states: int = 2_000_000) -> Result:
+          mutation: str | None = None, max_states: int = 3_000_000, *,
+          kind: str = "call", path: str = "int3", signals: int = 0, patcher_signals: int = 0,
+          sync_failures: int = 0, strict: bool = False) -> Result:
     """Explore every interleaving; return the number of states and the violations found (each
-    with the trace of steps that reaches it)."""
+    with the trace of steps that reaches it).
+
+    kind: how the handler runs the new version ("call": at its decision; "inline": later, from
+    the out-of-line slot).  path: "int3" (the three-step batch) or "rel32" (one aligned store).
+    signals: signals each executor takes (each runs the site once, nested where it lands);
+    patcher_signals: the same for the patcher's thread.  sync_failures: syncs that may fail in
+    one run.  strict: a batch's new version may run only from its int3 on, not from the start
+    of the call."""
     if not 1 <= batches < len(VERSIONS):
         raise ValueError(f"batches must be 1..{len(VERSIONS) - 1}")
     if mutation is not None and mutation not in MUTATIONS:
         raise ValueError(f"unknown mutation {mutation!r}; known: {', '.join(MUTATIONS)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; known: {', '.join(PATHS)}")
+    if min(executors, executions, signals, patcher_signals, sync_failures) < 0 or executors < 1:
+        raise ValueError("executors must be >= 1, the other counts >= 0")
     m = mutation
+    rel32 = path == "rel32"
+    inline = kind == "inline" and not rel32
 
-    # State: (mem, hist, seen, live, refs, st, batch, ppc, threads)
-    #   mem[p]      current value of byte p (0: first byte, 1: tail)
+    # State: (mem, hist, seen, seq, pend, batch, ppc, fails, stale, parked, actors)
+    #   mem[p]      current value of byte p: 0 the site's first byte, 1 its tail (for rel32 the
+    #               displacement, two letters: its low and high halves), 2.. the first byte of
+    #               the out-of-line slot of N, P, Q (inline: armed = the version, disarmed = I)
     #   hist[p]     values byte p has held, oldest first
-    #   seen[t][p]  oldest index in hist[p] thread t may still fetch
-    #   live        published batch (the struct is reused: True/False), refs its handler count
-    #   st          the site's state in the live batch: 0 none, 1 int3 synced, 2 tail, 3 done
+    #   seen[a][p]  oldest index in hist[p] actor a may still fetch
+    #   seq         live_seq (odd: a batch is live); pend the site's pending word (gen, version)
     #   batch       index of the patcher's current batch; ppc its program counter
-    #   threads[t]  (pc, fetched0, fetched1, held_batch, st_seen, execs)
-    mem0 = ("O", "O")
-    hist0 = (("O",), ("O",))
-    threads0 = tuple(("fetch0", None, None, None, None, 0) for _ in range(executors))
-    seen0 = tuple((0, 0) for _ in range(executors))
-    start = (mem0, hist0, seen0, False, 0, 0, 0, "publish", threads0)
+    #   fails       syncs that may still fail
+    #   stale       a version threads may still run after a failed sync, until a sync succeeds
+    #   parked      the batch parked after a failed sync #2 (live until the next batch)
+    #   actors[a]   (frames, execs, signals left); the last actor is the patcher's thread, whose
+    #               frames are signal frames only (the patcher runs when it has none)
+    #   frame       (pc, fetched0, fetched1, x, y, z): x, y, z per pc (the handler's snapshot;
+    #               the slot's version)
+    def whole(v):
+        return v + v if rel32 else v
+
+    def slot(v):
+        return 1 + VERSIONS.index(v)
+
+    nslots = len(VERSIONS) - 1 if inline else 0
+    mem0 = (C if rel32 else "O", whole("O")) + (I,) * nslots
+    hist0 = tuple((v,) for v in mem0)
+    base = ("fetch0", None, None, None, None, None)
+    actors0 = tuple(((base,), 0, signals) for _ in range(executors)) + (((), 0, patcher_signals),)
+    seen0 = tuple((0,) * len(mem0) for _ in actors0)
+    start = (mem0, hist0, seen0, 0, None, 0, "publish", sync_failures, None, False, actors0)
+    PAT = executors  # index of the patcher's thread among the actors
 
     def write(state_mem, state_hist, p, v):
         mem = list(state_mem)
@@ -75,199 +176,456 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
         hist[p] = hist[p] + (v,)
         return tuple(mem), tuple(hist)
 
-    def sync_ok(threads):
-        return all(t[0] != "fetch1" and t[0] != "exec" for t in threads)
+    def sync_ok(actors):
+        return all(not fr or fr[-1][0] not in ("fetch1", "exec", "slot_exec")
+                   for fr, _, _ in actors)
 
-    def synced(hist, n):
-        return tuple(tuple(len(h) - 1 for h in hist) for _ in range(n))
+    def latest(hist):
+        return tuple(len(h) - 1 for h in hist)
 
-    def new_of(b):
-        return VERSIONS[b + 1]
+    def may_run(b, ppc, stale):
+        ok = {VERSIONS[min(b, batches)]}
+        if ppc in STRICT_OPEN[path] if strict else ppc not in CLOSED:
+            ok.add(VERSIONS[b + 1])
+        if stale:
+            ok.add(stale)
+        return ok
+
+    def run_check(who, v, b, ppc, stale, how):
+        """None, or the violation of running version v now."""
+        allowed = may_run(b, ppc, stale)
+        if v in allowed:
+            return None
+        if ppc == "done" or ppc == "publish" and b:
+            when = f"batch {b} has returned"
+        else:
+            when = f"batch {b + 1} is at {ppc}"
+        return (f"{who} {how} version {v} while the site may run only "
+                f"{'/'.join(sorted(allowed))}: {when}")
 
     def successors(s):
-        mem, hist, seen, live, refs, st, b, ppc, threads = s
+        mem, hist, seen, seq, pend, b, ppc, fails, stale, parked, actors = s
         out = []
-        # ---- the patcher ---------------------------------------------------------------
-        if ppc != "done":
-            old, new = VERSIONS[b], new_of(b)
+
+        def pat(ppc2, *, mem=mem, hist=hist, seen=seen, seq=seq, pend=pend, b=b, fails=fails,
+                stale=stale, parked=parked):
+            return (mem, hist, seen, seq, pend, b, ppc2, fails, stale, parked, actors)
+
+        # ---- the patcher -----------------------------------------------------------------
+        if ppc != "done" and not actors[PAT][0]:
+            old, new = VERSIONS[b], VERSIONS[b + 1]
             nxt = None
-            if ppc == "publish":
-                if mem != (old, old):
-                    out.append(("VIOLATION", f"batch {b + 1}: validation found {mem}"))
+            label = f"patcher {ppc} (batch {b + 1})"
+            if ppc == "publish" and parked:
+                nxt = pat("unpark_sync")
+                label = f"patcher finds batch {b + 1} parked: restores it first"
+            elif ppc == "publish":
+                # Step 0: validate; pending word and slot, then publish.
+                if mem[:2] != (mem0[0] if rel32 else old, whole(old)):
+                    out.append(("VIOLATION", f"batch {b + 1}: validation found {mem[:2]}"))
                     return out
-                nxt = (mem, hist, seen, True, refs, 0, b, "int3", threads)
+                if rel32:
+                    nxt = pat("store_lo" if m == "rel32_torn_store" else "store")
+                else:
+                    mm, hh = write(mem, hist, slot(new), new) if inline else (mem, hist)
+                    nxt = pat("publish2", mem=mm, hist=hh, pend=(seq + 1, new))
+                    label += ": pending word" + (", arms the slot" if inline else "")
+            elif ppc == "publish2":
+                nxt = pat("int3", seq=seq + 1)
+                label = f"patcher publishes (batch {b + 1})"
             elif ppc == "int3":
-                v = new if m == "first_byte_early" else I
-                mm, hh = write(mem, hist, 0, v) if st < 1 else (mem, hist)
-                nxt = (mm, hh, seen, live, refs, st, b, "sync1", threads)
+                mm, hh = write(mem, hist, 0, new if m == "first_byte_early" else I)
+                nxt = pat("sync1", mem=mm, hist=hh)
             elif ppc in SYNCS:
-                # Step k's sync, then state >= k.  A skipped sync (mutation) still moves on.
-                level, then, skip = SYNCS[ppc]
+                k, then, skip = SYNCS[ppc]
+                name = f"sync #{k}" if k else "its first sync"
                 if skip is not None and m == skip:
-                    nxt = (mem, hist, seen, live, refs, max(st, level), b, then, threads)
-                elif sync_ok(threads):
-                    nxt = (mem, hist, synced(hist, len(threads)), live, refs, max(st, level), b,
-                           then, threads)
-            elif ppc == "tail":
-                mm, hh = write(mem, hist, 1, new) if st < 2 else (mem, hist)
-                nxt = (mm, hh, seen, live, refs, st, b, "sync2", threads)
-            elif ppc == "first":
-                mm, hh = write(mem, hist, 0, new) if st < 3 else (mem, hist)
-                nxt = (mm, hh, seen, live, refs, st, b, "sync3", threads)
-            elif ppc == "retire":
-                nxt = (mem, hist, seen, False, refs, st, b, "wait", threads)
-            elif ppc == "wait":
-                if refs == 0 or m == "no_refs_wait":
-                    if mem != (new, new):
-                        out.append(("VIOLATION", f"batch {b + 1}: read back {mem}"))
+                    nxt = pat(then)
+                    label = f"patcher skips {name} (batch {b + 1})"
+                elif sync_ok(actors):
+                    nxt = pat(then, seen=tuple(latest(hist) for _ in actors), stale=None)
+                    label = f"patcher {name} (batch {b + 1})"
+                if fails:
+                    flabel = f"patcher {name} fails (batch {b + 1})"
+                    if m == "sync_failure_ignored":
+                        out.append((flabel + ", ignored", pat(then, fails=fails - 1)))
+                    elif m == "sync_failure_gives_up" and ppc == "sync2":
+                        out.append(("VIOLATION", f"batch {b + 1} gives up after a failed "
+                                    f"sync #2 and leaves the site as {mem[:2]}"))
                         return out
-                    nb = b + 1
-                    nxt = (mem, hist, seen, live, refs, st, nb,
-                           "publish" if nb < batches else "done", threads)
+                    elif ppc == "sync1":
+                        out.append((flabel + ": rolls back", pat("rb_first", fails=fails - 1)))
+                    elif ppc == "sync2":
+                        out.append((flabel + ": parks", pat("park_tail", fails=fails - 1)))
+                    elif ppc == "unpark_sync":
+                        # Raises and changes nothing; the batch stays parked.
+                        out.append((flabel + ": raises, still parked",
+                                    pat("publish", fails=fails - 1)))
+                    else:  # sync #3, the rel32 sync: committed, reported
+                        out.append((flabel + ": committed, raises",
+                                    pat(then, fails=fails - 1, stale=old if rel32 else stale)))
+            elif ppc == "rb_first":
+                mm, hh = write(mem, hist, 0, old)
+                nxt = pat("rb_disarm", mem=mm, hist=hh)
+                label = f"patcher writes the old first byte back (batch {b + 1})"
+            elif ppc == "rb_disarm":
+                mm, hh = write(mem, hist, slot(new), I) if inline else (mem, hist)
+                nxt = pat("rb_unpublish", mem=mm, hist=hh)
+            elif ppc == "rb_unpublish":
+                # Returns the error; the caller tries the same batch again.  A thread sent to
+                # the slot may still fetch it armed: nothing was synced.
+                if mem[:2] != (old, old):
+                    out.append(("VIOLATION", f"batch {b + 1} returns an error leaving the site "
+                                f"as {mem[:2]}"))
+                    return out
+                nxt = pat("publish", seq=seq + 1, pend=None,
+                          stale=new if inline else stale)
+                label = f"patcher unpublishes, raises (batch {b + 1})"
+            elif ppc == "park_tail":
+                mm, hh = write(mem, hist, 1, old)
+                nxt = pat("park_disarm", mem=mm, hist=hh)
+                label = f"patcher writes the old tail back behind the int3 (batch {b + 1})"
+            elif ppc == "park_disarm":
+                mm, hh = write(mem, hist, slot(new), I) if inline else (mem, hist)
+                nxt = pat("park_pending", mem=mm, hist=hh)
+            elif ppc == "park_pending":
+                v = new if m == "park_emulates_new" else old
+                mm, hh = mem, hist
+                if inline and v != "O":
+                    mm, hh = write(mem, hist, slot(v), v)
+                nxt = pat("publish", mem=mm, hist=hh, pend=(seq, v), parked=True,
+                          stale=new if inline else stale)
+                label = (f"patcher: pending word emulates {v}, batch parked, raises "
+                         f"(batch {b + 1})")
+            elif ppc == "unpark_first":
+                mm, hh = write(mem, hist, 0, old)
+                nxt = pat("unpark_unpublish", mem=mm, hist=hh)
+                label = f"patcher writes the old first byte (parked batch {b + 1})"
+            elif ppc == "unpark_unpublish":
+                mm, hh = mem, hist
+                if inline and pend and pend[1] != "O":
+                    mm, hh = write(mem, hist, slot(pend[1]), I)
+                nxt = pat("publish", mem=mm, hist=hh, seq=seq + 1, pend=None, parked=False)
+                label = f"patcher disarms, unpublishes the parked batch {b + 1}"
+            elif ppc == "tail":
+                mm, hh = write(mem, hist, 1, new)
+                nxt = pat("sync2", mem=mm, hist=hh)
+            elif ppc == "first" and inline and m == "disarm_before_first":
+                mm, hh = write(mem, hist, slot(new), I)
+                nxt = pat("first_late", mem=mm, hist=hh)
+                label = f"patcher disarms the slot before the first byte (batch {b + 1})"
+            elif ppc in ("first", "first_late"):
+                mm, hh = write(mem, hist, 0, new)
+                nxt = pat("disarm" if ppc == "first" else "sync3", mem=mm, hist=hh)
+            elif ppc == "disarm":
+                mm, hh = mem, hist
+                if inline and m not in ("no_disarm", "disarm_before_first"):
+                    mm, hh = write(mem, hist, slot(new), I)
+                nxt = pat("sync3", mem=mm, hist=hh)
+            elif ppc == "store":
+                mm, hh = write(mem, hist, 1, whole(new))
+                nxt = pat("sync", mem=mm, hist=hh)
+            elif ppc == "store_lo":
+                mm, hh = write(mem, hist, 1, new + old)
+                nxt = pat("store_hi", mem=mm, hist=hh)
+            elif ppc == "store_hi":
+                mm, hh = write(mem, hist, 1, whole(new))
+                nxt = pat("sync", mem=mm, hist=hh)
+            elif ppc == "unpublish":
+                nxt = pat("readback", seq=seq + 1, pend=None)
+            elif ppc == "readback":
+                if mem[:2] != (mem0[0] if rel32 else new, whole(new)):
+                    out.append(("VIOLATION", f"batch {b + 1}: read back {mem[:2]}"))
+                    return out
+                nb = b + 1
+                nxt = pat("publish" if nb < batches else "done", b=nb)
+                label = f"patcher reads back, returns (batch {b + 1})"
             if nxt is not None:
-                out.append((f"patcher {ppc} (batch {b + 1})", nxt))
+                out.append((label, nxt))
 
-        # ---- the executors (and their trap handlers) ------------------------------------
-        for t, (pc, f0, f1, hb, sts, ex) in enumerate(threads):
-            def put(newt, mem=mem, hist=hist, seen=seen, live=live, refs=refs, st=st):
-                th = list(threads)
-                th[t] = newt
-                return (mem, hist, seen, live, refs, st, b, ppc, tuple(th))
+        # ---- the threads (executors, their trap and signal handlers; the patcher's signals) --
+        for a, (frames, ex, sigs) in enumerate(actors):
+            who = f"T{a}" if a != PAT else "patcher's thread"
 
+            def put(frame, *, mem=mem, hist=hist, seen=seen, pop=False, push=None, ex=ex,
+                    sigs=sigs):
+                fr = list(frames)
+                if pop:
+                    fr.pop()
+                elif frame is not None:
+                    fr[-1] = frame
+                if push is not None:
+                    fr.append(push)
+                acts = list(actors)
+                acts[a] = (tuple(fr), ex, sigs)
+                return (mem, hist, seen, seq, pend, b, ppc, fails, stale, parked, tuple(acts))
+
+            def finished(**kw):
+                """One execution of the site done: a signal frame returns, a base frame goes
+                round again or ends."""
+                if a == PAT or len(frames) > 1:
+                    return put(None, pop=True, **kw)
+                nex = ex + 1
+                return put(("fetch0" if nex < executions else "done",) + (None,) * 5, ex=nex,
+                           **kw)
+
+            def fetched(p, idx):
+                sn = list(seen)
+                row = list(sn[a])
+                row[p] = idx
+                sn[a] = tuple(row)
+                return tuple(sn)
+
+            def violation(what):
+                out.append(("VIOLATION", what))
+                return out
+
+            if not frames:
+                if a == PAT and sigs and ppc != "done":
+                    out.append((f"{who} takes a signal; its handler runs the site",
+                                put(None, push=base, sigs=sigs - 1)))
+                continue
+            pc, f0, f1, x, y, z = frames[-1]
             if pc == "done":
                 continue
-            if pc in ("fetch0", "fetch1"):
-                p = 0 if pc == "fetch0" else 1
-                for idx in range(seen[t][p], len(hist[p])):
-                    sn = list(seen)
-                    row = list(sn[t])
-                    row[p] = idx
-                    sn[t] = tuple(row)
+            if sigs and pc in BOUNDARY and (a != PAT or ppc != "done"):
+                out.append((f"{who} takes a signal at {pc}; its handler runs the site",
+                            put(None, push=base, sigs=sigs - 1)))
+            if pc in ("fetch0", "fetch1", "inner", "slot"):
+                p = {"fetch0": 0, "fetch1": 1, "inner": 1, "slot": None}[pc]
+                if p is None:
+                    p = slot(x)
+                for idx in range(seen[a][p], len(hist[p])):
                     v = hist[p][idx]
-                    if p == 0:
-                        nt = ("fetch1", v, None, hb, sts, ex)
+                    sn = fetched(p, idx)
+                    label = f"{who} fetches byte {p} = {v}"
+                    if pc == "slot":
+                        if v == I:
+                            out.append((f"{who} fetches the slot of {x}: int3 (disarmed), traps",
+                                        put(("h_seq1", None, "slot", None, None, None),
+                                            seen=sn)))
+                        else:
+                            out.append((f"{who} fetches the slot of {x}: armed",
+                                        put(("slot_exec", None, None, x, None, None), seen=sn)))
+                    elif pc == "inner":
+                        if v != "O":
+                            return violation(f"{who} resumes at the inner boundary of the "
+                                             f"default rendering and executes the middle of "
+                                             f"version {v} (byte 1 as an instruction start)")
+                        bad = run_check(who, "O", b, ppc, stale, "executes")
+                        if bad:
+                            return violation(bad)
+                        out.append((f"{who} executes the default's call (version O)",
+                                    finished(seen=sn)))
+                    elif p == 0 and v == "O" and m == "two_insn_default":
+                        # The default as NOPs, then call: the NOPs are one instruction.
+                        out.append((label + ", executes the NOPs: inner boundary",
+                                    put(("inner",) + (None,) * 5, seen=sn)))
+                    elif p == 0:
+                        out.append((label, put(("fetch1", v, None, None, None, None), seen=sn)))
                     else:
-                        nt = ("exec", f0, v, hb, sts, ex)
-                    out.append((f"T{t} fetches byte {p} = {v}", put(nt, seen=tuple(sn))))
+                        out.append((label, put(("exec", f0, v, None, None, None), seen=sn)))
             elif pc == "exec":
                 if f0 == I:
-                    out.append((f"T{t} traps", put(("h_load", None, None, None, None, ex))))
-                elif f0 != f1:
-                    out.append(("VIOLATION", f"T{t} executes a torn site: first byte {f0}, "
-                                             f"tail {f1}"))
+                    out.append((f"{who} traps", put(("h_seq1",) + (None,) * 5)))
+                elif rel32 and f1[0] != f1[1] or not rel32 and f0 != f1:
+                    what = (f"displacement halves {f1[0]}/{f1[1]}" if rel32
+                            else f"first byte {f0}, tail {f1}")
+                    return violation(f"{who} executes a torn site: {what}")
                 else:
-                    ex2 = ex + 1
-                    nt = ("fetch0" if ex2 < executions else "done", None, None, None, None, ex2)
-                    out.append((f"T{t} executes version {f0}", put(nt)))
-            # the handler: take a reference, check, complete the site, drop, rewind
-            elif pc == "h_load":
-                if not live:
-                    out.append((f"T{t} handler: no live batch, rewinds",
-                                put(("fetch0", None, None, None, None, ex))))
+                    v = f1[0] if rel32 else f1
+                    bad = run_check(who, v, b, ppc, stale, "executes")
+                    if bad:
+                        return violation(bad)
+                    out.append((f"{who} executes version {v}", finished()))
+            elif pc == "slot_exec":
+                bad = run_check(who, x, b, ppc, stale, "runs from the slot")
+                if bad:
+                    return violation(bad)
+                out.append((f"{who} runs version {x} from the slot, jumps to the site end",
+                            finished()))
+            # The trap handler, H1: live_seq, pending word, first byte, live_seq again.
+            # (f1 == "slot": the trap was on a disarmed slot, H4.)  f0 collects the versions the
+            # site may run at the instants of these loads: a snapshot taken with no publish or
+            # unpublish in between held at one of them (the pending word and the first byte
+            # each change at most once in one generation, the byte to int3 before the word),
+            # so the call the handler emulates takes effect there (linearisation point).
+            elif pc == "h_seq1":
+                ok = "".join(sorted(may_run(b, ppc, stale)))
+                out.append((f"{who} handler: live_seq = {seq}",
+                            put(("h_pend", ok, f1, seq, None, None))))
+            elif pc == "h_pend":
+                ok = "".join(sorted(set(f0) | may_run(b, ppc, stale)))
+                out.append((f"{who} handler: pending word = {pend}",
+                            put(("h_byte", ok, f1, x, pend, None))))
+            elif pc == "h_byte":
+                ok = "".join(sorted(set(f0) | may_run(b, ppc, stale)))
+                out.append((f"{who} handler: first byte = {mem[0]}",
+                            put(("h_seq2", ok, f1, x, y, mem[0]))))
+            elif pc == "h_seq2":
+                s1, pw, byte = x, y, z
+                if seq != s1 and m != "no_seqlock":
+                    out.append((f"{who} handler: live_seq = {seq}, changed: again",
+                                put(("h_seq1", None, f1, None, None, None))))
+                    continue
+                live = s1 % 2 == 1 and pw is not None and pw[0] == s1
+                if m == "handler_waits" and live and seq == s1:
+                    continue  # waits for the batch to end (the RFC's handler): no step
+                if live and (byte == I or m == "no_int3_check"):
+                    # H2.  The decision: the pending word's version runs in the thread's place.
+                    v = VERSIONS[b] if m == "emulate_old" else pw[1]
+                    if inline and v != "O":
+                        sn = list(seen)
+                        sn[a] = latest(hist)  # serialise (cpuid), then RIP = slot
+                        out.append((f"{who} handler: H2, serialises, sends the thread to the "
+                                    f"slot of {v}", put(("slot", None, None, v, None, None),
+                                                        seen=tuple(sn))))
+                    elif v not in set(f0) | may_run(b, ppc, stale):
+                        return violation(run_check(who, v, b, ppc, stale, "handler emulates")
+                                         + f" (and only {'/'.join(f0)} during its snapshot)")
+                    else:
+                        out.append((f"{who} handler: H2, emulates the call of version {v}",
+                                    finished()))
+                elif byte != I or f1 == "slot":
+                    why = "H3, site whole" if byte != I else "H4, site int3 not ours"
+                    out.append((f"{who} handler: {why}: rewinds", put(base)))
                 else:
-                    out.append((f"T{t} handler: batch live", put(("h_ref", None, None, None,
-                                                                   None, ex))))
-            elif pc == "h_ref":
-                out.append((f"T{t} handler: refs+1",
-                            put(("h_check", None, None, None, None, ex), refs=refs + 1)))
-            elif pc == "h_check":
-                if not live:
-                    out.append((f"T{t} handler: unpublished meanwhile",
-                                put(("h_drop", None, None, None, None, ex))))
-                elif mem[0] != I and m != "helper_ignores_byte":
-                    # The int3 it trapped on was an earlier batch's: this batch has not written
-                    # its own yet (or has finished the site).  Nothing to complete.
-                    out.append((f"T{t} handler: site holds {mem[0]}, not int3",
-                                put(("h_drop", None, None, None, None, ex))))
-                else:
-                    # Reads the entry now: the batch the struct holds, and its state.
-                    out.append((f"T{t} handler: reads state {st} of batch {b + 1}",
-                                put(("h_s1", None, None, b, st, ex))))
-            elif pc in HANDLER_SYNCS:
-                # The handler's step-k sync (skipped when the state it read says the step was
-                # done, or by the mutation), then state >= k.
-                level, raise_pc = HANDLER_SYNCS[pc]
-                if sts >= level or (m == "helper_no_sync" and level < 3):
-                    out.append((f"T{t} handler: no sync #{level}",
-                                put((raise_pc, None, None, hb, sts, ex))))
-                elif sync_ok(threads):
-                    out.append((f"T{t} handler: sync #{level}", put(
-                        (raise_pc, None, None, hb, sts, ex), seen=synced(hist, len(threads)))))
-            elif pc in HANDLER_RAISES:
-                level, then = HANDLER_RAISES[pc]
-                out.append((f"T{t} handler: state>={level}",
-                            put((then, None, None, hb, sts, ex),
-                                st=max(st, level) if hb == b else st)))
-            elif pc == "h_tail":
-                if sts < 2:
-                    mm, hh = write(mem, hist, 1, new_of(hb))
-                    out.append((f"T{t} handler: writes tail {new_of(hb)}",
-                                put(("h_s2", None, None, hb, sts, ex), mem=mm, hist=hh)))
-                else:
-                    out.append((f"T{t} handler: tail done", put(("h_first", None, None, hb, sts,
-                                                                  ex))))
-            elif pc == "h_first":
-                if sts < 3:
-                    mm, hh = write(mem, hist, 0, new_of(hb))
-                    out.append((f"T{t} handler: writes first byte {new_of(hb)}",
-                                put(("h_s3", None, None, hb, sts, ex), mem=mm, hist=hh)))
-                else:
-                    out.append((f"T{t} handler: done", put(("h_drop", None, None, hb, sts, ex))))
-            elif pc == "h_drop":
-                out.append((f"T{t} handler: refs-1, rewinds",
-                            put(("fetch0", None, None, None, None, ex), refs=refs - 1)))
+                    return violation(f"{who} handler: an int3 of ours, but no live batch holds "
+                                     f"the site (live_seq {s1}, pending word {pw}): taken as "
+                                     f"foreign, the process dies of SIGTRAP")
         return out
 
-    parent: dict = {start: None}
-    queue = deque([start])
-    result = Result(0)
+    def final(s):
+        return s[6] == "done" and all(not fr or fr[-1][0] == "done" for fr, _, _ in s[10])
 
-    def trace(s, last):
+    return _search(start, successors, final, max_states, mutation)
+
+
+def _search(start, successors, final, max_states, mutation=None) -> Result:
+    """Breadth first over every reachable state; stop at the first violation, with the trace.
+    Then check that the end stays reachable from every state (no livelock)."""
+    index: dict = {start: 0}
+    states = [start]
+    parent = [None]                  # (parent id, step) per state
+    edges: list[list[int]] = []
+    queue = deque([0])
+    result = Result(0, mutation=mutation)
+
+    def trace(i, last):
         steps = [last]
-        while parent[s] is not None:
-            s, step = parent[s]
+        while parent[i] is not None:
+            i, step = parent[i]
             steps.append(step)
         return steps[::-1]
 
+    finals = []
     while queue:
-        s = queue.popleft()
+        i = queue.popleft()
+        s = states[i]
         result.states += 1
         if result.states > max_states:
             result.violations.append(("state space too large", []))
-            break
+            return result
         succ = successors(s)
-        done = s[7] == "done" and all(t[0] == "done" for t in s[8])
-        if not succ and not done:
-            result.violations.append(("stuck: no step enabled", trace(s, "(stuck)")))
-            break
+        if final(s):
+            finals.append(i)
+        elif not succ:
+            result.violations.append(("stuck: no step enabled", trace(i, "(stuck)")))
+            return result
+        while len(edges) <= i:
+            edges.append([])
         for step, nxt in succ:
             if step == "VIOLATION":
-                result.violations.append((nxt, trace(s, nxt)))
+                result.violations.append((nxt, trace(i, nxt)))
                 return result
-            if nxt not in parent:
-                parent[nxt] = (s, step)
-                queue.append(nxt)
+            j = index.get(nxt)
+            if j is None:
+                j = index[nxt] = len(states)
+                states.append(nxt)
+                parent.append((i, step))
+                queue.append(j)
+            edges[i].append(j)
+    # Livelock: states from which no final state is reachable (backwards from the finals).
+    rev: list[list[int]] = [[] for _ in states]
+    for i, out in enumerate(edges):
+        for j in out:
+            rev[j].append(i)
+    good = bytearray(len(states))
+    stack = list(finals)
+    for i in finals:
+        good[i] = 1
+    while stack:
+        for k in rev[stack.pop()]:
+            if not good[k]:
+                good[k] = 1
+                stack.append(k)
+    bad = next((i for i in range(len(states)) if not good[i]), None)
+    if bad is not None:
+        # The trace into it, then the steps that go round (every successor is as bad).
+        steps = trace(bad, "(from here the end is unreachable:)")
+        cur, visited = bad, set()
+        while cur not in visited and len(visited) < 24:
+            visited.add(cur)
+            succ = successors(states[cur])
+            # Follow the patcher's thread where it has a step: it is usually the one caught.
+            step, nxt = next((x for x in succ if x[0].startswith("patcher's thread")), succ[0])
+            steps.append("  " + step)
+            cur = index[nxt]
+        steps.append("livelock: round again")
+        result.violations.append(("livelock: the end is unreachable (steps go round for ever)",
+                                  steps))
     return result
 
 
 def main() -> int:
     import argparse
-    import sys
+    import json
+    import time
 
     ap = argparse.ArgumentParser(prog="python -m pvpatch.model", description=__doc__.split("\n")[0])
-    ap.add_argument("--executors", type=int, default=2)
-    ap.add_argument("--batches", type=int, default=2)
-    ap.add_argument("--executions", type=int, default=2)
-    ap.add_argument("--mutation", choices=MUTATIONS)
+    ap.add_argument("--executors", type=int)
+    ap.add_argument("--batches", type=int)
+    ap.add_argument("--executions", type=int)
+    ap.add_argument("--kind", choices=KINDS,
+                    help="how the handler runs the new version (default: call)")
+    ap.add_argument("--path", choices=PATHS,
+                    help="int3: the three-step batch (default); rel32: one aligned store")
+    ap.add_argument("--signals", type=int,
+                    help="signals each executor takes; each runs the site, nested where it lands")
+    ap.add_argument("--patcher-signals", type=int, help="signals the patcher's thread takes")
+    ap.add_argument("--sync-failures", type=int,
+                    help="syncs that may fail in one run (default: 0)")
+    ap.add_argument("--strict", action="store_true", default=None,
+                    help="a batch's new version may run only from its int3 on (default: from "
+                         "the start of the call, runtime_patch's contract)")
+    ap.add_argument("--mutation", choices=MUTATIONS,
+                    help="switch off one piece; options not given take the mutation's "
+                         "configuration (MUTATION_CONFIG), then the defaults")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args()
-    r = check(a.executors, a.batches, a.executions, a.mutation)
+    cfg = dict(MUTATION_CONFIG.get(a.mutation, {}))
+    for k in ("executors", "batches", "executions", "kind", "path", "signals",
+              "patcher_signals", "sync_failures", "strict"):
+        if getattr(a, k) is not None:
+            cfg[k] = getattr(a, k)
+    t0 = time.perf_counter()
+    try:
+        r = check(mutation=a.mutation, **cfg)
+    except ValueError as e:
+        ap.error(str(e))
+    if a.json:
+        d = r.as_dict()
+        d["seconds"] = round(time.perf_counter() - t0, 3)
+        print(json.dumps(d, indent=1))
+        return 0 if r.ok else 1
     print(f"{r.states} states explored")
     for what, steps in r.violations:
         print(f"VIOLATION: {what}")
         for i, step in enumerate(steps, 1):
             print(f"  {i:3d}. {step}")
     if r.ok:
-        print("no torn execution, read-backs correct, never stuck")
+        print("no torn execution, every execution allowed, read-backs correct, never stuck, "
+              "no livelock")
     return 0 if r.ok else 1
 
 

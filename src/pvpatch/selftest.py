@@ -23,6 +23,8 @@ class SelftestResult:
     threads: int
     nmi_level: int
     signal_hz: float
+    sigblock_thread: bool = False
+    fullmask_handler: bool = False
     batches: int = 0
     sites_patched: int = 0
     site_calls: int = 0
@@ -34,6 +36,9 @@ class SelftestResult:
     signals: int = 0
     handler_site_calls: int = 0
     handler_lock_taken: int = 0
+    sigblock_calls: int = 0
+    handler_runs_fullmask: int = 0
+    handler_runs_sigtrap_blocked: int = 0
     failures: int = 0
     stalled: bool = False
     errors: list[str] = field(default_factory=list)
@@ -61,14 +66,21 @@ def _dump_state(reason: str, stream=sys.stderr) -> None:
 
 def run(duration: float = 10.0, threads: int | None = None, nmi_level: int = 1,
         signal_hz: float = 4000.0, hook_every: int = 5, stall_timeout: float = 10.0,
-        progress=None) -> SelftestResult:
+        progress=None, sigblock_thread: bool = False,
+        fullmask_handler: bool = False) -> SelftestResult:
     """Run the selftest for `duration` seconds.  `progress(result)` is called about once a
     second.  Every wait is bounded: a stall (no executor progress, or a batch that does not
-    return, for `stall_timeout` s) ends the run with `stalled` set and the state dumped."""
+    return, for `stall_timeout` s) ends the run with `stalled` set and the state dumped.
+
+    `sigblock_thread`: one more thread runs every site with all signals blocked around the
+    calls, in a loop.  `fullmask_handler`: the signal handler that runs sites is installed with
+    every signal in its mask.  Both ask for SIGTRAP blocked on a site (pvpatch keeps it out of
+    masks set through the C library: docs/protocol.md, "SIGTRAP blocked")."""
     if not 0 <= nmi_level <= 3:
         raise PvpatchError(f"--nmi-level must be 0..3, not {nmi_level}")
     threads = threads or max(2, os.cpu_count() or 2)
-    res = SelftestResult(duration, threads, nmi_level, signal_hz)
+    res = SelftestResult(duration, threads, nmi_level, signal_hz, bool(sigblock_thread),
+                         bool(fullmask_handler))
     hook = _core.selftest_hook()
     traps0 = _core.trap_counters()
     start_variant = patcher.current()["selftest"]
@@ -85,7 +97,8 @@ def run(duration: float = 10.0, threads: int | None = None, nmi_level: int = 1,
 
     wd = threading.Thread(target=watchdog, name="pvpatch-selftest-watchdog", daemon=True)
     try:
-        _core.selftest_start(threads, nmi_level, signal_hz, _core.gettid())
+        _core.selftest_start(threads, nmi_level, signal_hz, _core.gettid(),
+                             bool(sigblock_thread), bool(fullmask_handler))
     except OSError as exc:
         raise syscall_error(exc) from None
     wd.start()
@@ -117,6 +130,8 @@ def run(duration: float = 10.0, threads: int | None = None, nmi_level: int = 1,
                     _dump_state(f"executors made no progress for {stall_timeout:.0f} s")
                     break
                 stuck = [tid for tid, calls, _ in st["threads"] if calls == 0]
+                if sigblock_thread and st["blocker_calls"] == 0:
+                    stuck.append(st["blocker_tid"])
                 if stuck and now - t0 > stall_timeout:
                     res.stalled = True
                     _dump_state(f"executor thread(s) {stuck} never completed a pass")
@@ -138,11 +153,14 @@ def run(duration: float = 10.0, threads: int | None = None, nmi_level: int = 1,
         patcher.runtime_patch({"selftest": start_variant})
     traps1 = _core.trap_counters()
     res.duration_s = time.monotonic() - t0
-    res.site_calls = st["site_calls"] + st["handler_calls"]
+    res.site_calls = st["site_calls"] + st["handler_calls"] + st["blocker_calls"]
+    res.sigblock_calls = st["blocker_calls"]
+    res.handler_runs_fullmask = st["handler_fullmask"]
+    res.handler_runs_sigtrap_blocked = st["handler_sigtrap_blocked"]
     res.handler_site_calls = st["handler_calls"]
     res.handler_lock_taken = st["handler_lock_taken"]
     res.signals = st["signals"]
-    res.failures += st["executor_failures"] + st["handler_failures"]
+    res.failures += st["executor_failures"] + st["handler_failures"] + st["blocker_failures"]
     if st["first_failure_site"] >= 0:
         res.errors.append(f"site {st['first_failure_site']} returned "
                           f"{st['first_failure_value']:#x}, which no variant returns")
