@@ -4,6 +4,7 @@ from setuptools import Extension, setup
 CORE_SOURCES = [
     "src/pvpatch/_core/module.c",
     "src/pvpatch/_core/poke.c",
+    "src/pvpatch/_core/writer.c",
     "src/pvpatch/_core/selftest_sites.c",
     "src/pvpatch/_core/selftest.c",
     "src/pvpatch/_core/cpuid.c",

@@ -14,7 +14,7 @@ from pvpatch import _core, patcher, wx
 
 
 def test_patcher_traps_on_its_own_int3_and_completes_the_site(selftest_native):
-    ev = pvpatch.runtime_patch({"selftest": "pv"}, hook=_core.selftest_hook())
+    ev = patcher._runtime_patch({"selftest": "pv"}, hook=_core.selftest_hook())
     assert ev.traps_on_patcher == 1 and ev.traps == 1
     assert _core.selftest_call(0) == 0x1002
 
@@ -28,15 +28,15 @@ def test_foreign_sigtrap_reaches_its_own_handler(selftest_native):
         signal.raise_signal(signal.SIGTRAP)
         assert seen == [signal.SIGTRAP]
         # 2. An int3 that is not at a site: code `int3; mov $42,%eax; ret`.
-        exe, alias = _core.map_code(4096, "foreign-int3")
-        ctypes.memmove(alias, bytes.fromhex("ccb82a000000c3"), 7)
+        exe = _core.map_code(4096, "foreign-int3")
+        _core.write_code(exe, bytes.fromhex("ccb82a000000c3"))
         assert ctypes.CFUNCTYPE(ctypes.c_long)(exe)() == 42
         for _ in range(100):  # Python runs its handler at the next bytecode boundary
             if len(seen) == 2:
                 break
         assert seen == [signal.SIGTRAP, signal.SIGTRAP]
         assert _core.selftest_call(0) == 0x1002  # and ours still works
-        pvpatch.runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
+        patcher._runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
         assert _core.selftest_call(0) == 0x1003
         assert len(seen) == 2  # our own trap did not reach the foreign handler
     finally:
@@ -73,8 +73,8 @@ def test_no_writable_and_executable_mapping_during_a_long_patch_loop(selftest_na
     sampler.start()
     try:
         for i in range(3000):
-            pvpatch.runtime_patch({"selftest": ("pv", "alt", "native")[i % 3]},
-                                  hook=_core.selftest_hook() if i % 10 == 0 else 0)
+            patcher._runtime_patch({"selftest": ("pv", "alt", "native")[i % 3]},
+                                   hook=_core.selftest_hook() if i % 10 == 0 else 0)
     finally:
         samples, bad = sampler.stop()
     assert samples > 50

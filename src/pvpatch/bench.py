@@ -35,7 +35,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, progress=None) -> dict:
         group = f"bench{n}"
         if group not in pvpatch.registry.groups:
             g = gen.generate(n, length=6, group=group)
-            pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
+            pvpatch.register_desc(g.desc, text=g.text)
         wall, batch, syncs = [], [], set()
         for i in range(repeat):
             variant = ("pv", "alt", "native")[i % 3]

@@ -4,10 +4,9 @@
  * Mechanism only: Python decides which bytes go where; this file writes them so that no thread
  * ever executes a torn site and no mapping is ever writable and executable at once.
  *
- * Writer (W^X).  Text that pvpatch patches lives in a memfd: the executable view is a MAP_SHARED
- * r-x mapping of it at the original address and the writable view an rw- alias elsewhere
- * (core_remap_text() moves a loaded object's text there, core_map_code() makes fresh code).  A
- * write is a plain store to the alias; no mapping changes protection, ever.
+ * Writer (W^X).  Every code write goes through text_write() of writer.c: pwrite() to
+ * /proc/self/mem into the object's own private mapping, or, where the kernel forbids that, an rw-
+ * alias that exists only during a batch.  No mapping changes protection, ever.
  *
  * The batch protocol (apply_batch), for any number of sites:
  *
@@ -27,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include "core.h"
+#include "writer.h"
 
 #include <errno.h>
 #include <link.h>
@@ -65,11 +65,9 @@ PyObject *core_oserror(const char *syscall) { return core_oserror_errno(errno, s
 
 static int membarrier_ok; /* registered for SYNC_CORE at import */
 static int membarrier_errno;
-static int private_code = 1; /* 0: a fork left our code shared with the parent (fork_child) */
 static void fork_prepare(void);
 static void fork_parent(void);
 static void fork_child(void);
-static int memfd_alias(const char *name, size_t length, void **alias, const char **syscall);
 
 static long sys_membarrier(int cmd, unsigned flags) { return syscall(__NR_membarrier, cmd, flags, 0); }
 
@@ -92,6 +90,15 @@ int core_sync(void)
 
 int core_poke_init(void)
 {
+    /* The writer first: it chooses its path before any code range exists. */
+    if (pvp_writer_init() != 0) {
+        core_oserror(pvp_writer_syscall);
+        return -1;
+    }
+    /* trap_help below writes code from SIGTRAP handlers during a pass, so the patcher's
+     * coalesced writes must not span bytes a handler may write (writer.h): only writes that
+     * touch coalesce.  A handler that writes no code lifts this. */
+    pvp_writer_set_max_gap(0);
     /* Registering is cheap while the process has one thread and costs tens of milliseconds
      * later, which is why it happens here, at import. */
     long cmds = sys_membarrier(MEMBARRIER_CMD_QUERY, 0);
@@ -153,8 +160,7 @@ static int cmp_uptr(const void *x, const void *y)
 enum { S_NONE = 0, S_INT3 = 1, S_TAIL = 2, S_DONE = 3 }; /* "written and synced" */
 
 struct entry {
-    uintptr_t addr;  /* executable view */
-    uintptr_t alias; /* writable view of the same bytes */
+    uintptr_t addr; /* executable address */
     uint8_t len;
     uint8_t old[SITE_MAX];
     uint8_t new[SITE_MAX];
@@ -176,11 +182,6 @@ static _Thread_local int in_patcher;
 
 static _Atomic unsigned long ctr_traps, ctr_traps_helped, ctr_traps_on_patcher, ctr_helper_syncs,
     ctr_stale_traps, ctr_batches, ctr_sites;
-
-static inline void store_byte(uintptr_t alias, uint8_t v)
-{
-    __atomic_store_n((volatile uint8_t *)alias, v, __ATOMIC_RELAXED);
-}
 
 /* Raise e->state to at least s (the state only moves forward). */
 static void raise_state(struct entry *e, uint8_t s)
@@ -223,7 +224,7 @@ static bool complete_site(struct entry *e)
     if (st < S_TAIL) {
         /* 2. Tail, then sync #2: no thread can see the new tail behind the old first byte,
          *    because the first byte is int3 for everyone. */
-        memcpy((void *)(e->alias + 1), e->new + 1, e->len - 1);
+        text_write_now(e->addr + 1, e->new + 1, e->len - 1);
         core_sync();
         atomic_fetch_add(&ctr_helper_syncs, 1);
         raise_state(e, S_TAIL);
@@ -231,7 +232,7 @@ static bool complete_site(struct entry *e)
     }
     if (st < S_DONE) {
         /* 3. First byte, then sync #3. */
-        store_byte(e->alias, e->new[0]);
+        text_write_now(e->addr, e->new, 1);
         core_sync();
         atomic_fetch_add(&ctr_helper_syncs, 1);
         raise_state(e, S_DONE);
@@ -341,34 +342,48 @@ static double now_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-/* One of the patcher's three syncs; keeps the first failure's errno. */
-static void step_sync(int *syncs, int *first_errno)
+/* A code write of the patcher (writer.c); keeps the first failure. */
+static void step_write(uintptr_t addr, const void *src, size_t len, int *first_errno,
+                       const char **syscall)
 {
+    if (text_write(addr, src, len) != 0 && *first_errno == 0) {
+        *first_errno = errno ? errno : EIO;
+        *syscall = pvp_writer_syscall;
+    }
+}
+
+/* One of the patcher's three syncs; keeps the first failure's errno.  The pass's pending
+ * writes are flushed first: the sync publishes them. */
+static void step_sync(int *syncs, int *first_errno, int *write_errno, const char **syscall)
+{
+    if (pvp_writer_flush() != 0 && *write_errno == 0) {
+        *write_errno = errno ? errno : EIO;
+        *syscall = pvp_writer_syscall;
+    }
     if (core_sync() != 0 && *first_errno == 0)
         *first_errno = errno ? errno : EIO;
     (*syncs)++;
 }
 
-/* apply_batch(addrs, aliases, lens, old, new, hook=0, retire_timeout=5.0) -> dict
+/* apply_batch(addrs, lens, old, new, hook=0, retire_timeout=5.0) -> dict
  *
- * addrs, aliases: native-endian uint64 arrays (n entries); lens: n bytes; old, new: n * 16 bytes
+ * addrs: native-endian uint64 array (n entries); lens: n bytes; old, new: n * 16 bytes
  * (site i's bytes at [16 i, 16 i + lens[i])).  hook: address of a `long (*)(void)` called right
  * after step 1's writes (the selftest makes the patcher trap on its own int3 with it).
  *
  * Refusals raise ValueError(reason, index) and write nothing; OSError for a failed syscall. */
 static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"addrs", "aliases", "lens", "old", "new", "hook", "retire_timeout",
-                             NULL};
-    Py_buffer addrs, aliases, lens, old, new;
+    static char *kwlist[] = {"addrs", "lens", "old", "new", "hook", "retire_timeout", NULL};
+    Py_buffer addrs, lens, old, new;
     unsigned long long hook = 0;
     double retire_timeout = 5.0;
     PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*y*|Kd", kwlist, &addrs, &aliases, &lens,
-                                     &old, &new, &hook, &retire_timeout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*|Kd", kwlist, &addrs, &lens, &old, &new,
+                                     &hook, &retire_timeout))
         return NULL;
     size_t n = (size_t)lens.len;
-    if ((size_t)addrs.len != n * 8 || (size_t)aliases.len != n * 8 || (size_t)old.len != n * 16 ||
+    if ((size_t)addrs.len != n * 8 || (size_t)old.len != n * 16 ||
         (size_t)new.len != n * 16) {
         PyErr_SetString(PyExc_TypeError, "apply_batch: buffer sizes do not agree");
         goto out_release;
@@ -377,9 +392,9 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         core_oserror_errno(membarrier_errno, "membarrier");
         goto out_release;
     }
-    if (!private_code) {
+    if (!pvp_writer_child_ok()) {
         /* After a fork whose child handler could not copy the code: it is still shared with
-         * the parent, whose threads this process cannot sync. */
+         * the parent, whose threads this process cannot sync (alias path only). */
         core_oserror_errno(EXDEV, "fork (code still shared with the parent)");
         goto out_release;
     }
@@ -388,7 +403,8 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     double t0 = now_ns();
     unsigned long traps0 = atomic_load(&ctr_traps), helped0 = atomic_load(&ctr_traps_helped),
                   onp0 = atomic_load(&ctr_traps_on_patcher);
-    int syncs = 0, sync_errno = 0;
+    int syncs = 0, sync_errno = 0, write_errno = 0;
+    const char *write_syscall = NULL;
     bool retire_stalled = false;
     long bad = -1;
     const char *why = NULL;
@@ -409,12 +425,11 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         b->e = ne;
         b->cap = n;
     }
-    const uint64_t *pa = addrs.buf, *pal = aliases.buf;
+    const uint64_t *pa = addrs.buf;
     const uint8_t *pl = lens.buf, *po = old.buf, *pn = new.buf;
     for (size_t i = 0; i < n; i++) {
         struct entry *e = &b->e[i];
         e->addr = pa[i];
-        e->alias = pal[i];
         e->len = pl[i];
         if (e->len < 1 || e->len > SITE_MAX) {
             why = "bad site length";
@@ -438,8 +453,8 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         } else if (memcmp((const void *)e->addr, e->old, e->len) != 0) {
             why = "bytes at the site are not the expected old bytes";
             bad = (long)i;
-        } else if (memcmp((const void *)e->alias, e->old, e->len) != 0) {
-            why = "the alias does not map the site";
+        } else if (pvp_code_range_find(e->addr, e->len) < 0) {
+            why = "not in a registered code range";
             bad = (long)i;
         }
     }
@@ -462,6 +477,12 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         if (n == 0)
             goto unlock;
     }
+    if (pvp_writer_begin() != 0) {
+        write_errno = errno;
+        write_syscall = pvp_writer_syscall;
+        n = b->n = 0;
+        goto unlock;
+    }
     in_patcher = 1;
     /* Publish: partner is the load in trap_help. */
     atomic_store(&live_batch, b);
@@ -469,12 +490,12 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     /* 1. int3 on every first byte. */
     for (size_t i = 0; i < n; i++)
         if (atomic_load_explicit(&b->e[i].state, memory_order_acquire) < S_INT3)
-            store_byte(b->e[i].alias, INT3);
+            step_write(b->e[i].addr, &(const uint8_t){INT3}, 1, &write_errno, &write_syscall);
     if (hook != 0)
         ((long (*)(void))(uintptr_t)hook)();
     /* sync #1: partner of the helper's step-1 sync; after it, nobody can fetch an old first
      * byte. */
-    step_sync(&syncs, &sync_errno);
+    step_sync(&syncs, &sync_errno, &write_errno, &write_syscall);
     for (size_t i = 0; i < n; i++)
         raise_state(&b->e[i], S_INT3);
 
@@ -482,10 +503,10 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     for (size_t i = 0; i < n; i++) {
         struct entry *e = &b->e[i];
         if (atomic_load_explicit(&e->state, memory_order_acquire) < S_TAIL)
-            memcpy((void *)(e->alias + 1), e->new + 1, e->len - 1);
+            step_write(e->addr + 1, e->new + 1, e->len - 1, &write_errno, &write_syscall);
     }
     /* sync #2: partner of the helper's step-2 sync. */
-    step_sync(&syncs, &sync_errno);
+    step_sync(&syncs, &sync_errno, &write_errno, &write_syscall);
     for (size_t i = 0; i < n; i++)
         raise_state(&b->e[i], S_TAIL);
 
@@ -493,10 +514,10 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     for (size_t i = 0; i < n; i++) {
         struct entry *e = &b->e[i];
         if (atomic_load_explicit(&e->state, memory_order_acquire) < S_DONE)
-            store_byte(e->alias, e->new[0]);
+            step_write(e->addr, e->new, 1, &write_errno, &write_syscall);
     }
     /* sync #3: partner of the helper's step-3 sync. */
-    step_sync(&syncs, &sync_errno);
+    step_sync(&syncs, &sync_errno, &write_errno, &write_syscall);
     for (size_t i = 0; i < n; i++)
         raise_state(&b->e[i], S_DONE);
 
@@ -517,6 +538,11 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         }
     }
     in_patcher = 0;
+    /* No handler holds the batch any more: the alias (fallback path) may go. */
+    if (pvp_writer_end() != 0 && write_errno == 0) {
+        write_errno = errno ? errno : EIO;
+        write_syscall = pvp_writer_syscall;
+    }
     for (size_t i = 0; i < n; i++)
         if (memcmp((const void *)b->e[i].addr, b->e[i].new, b->e[i].len) != 0) {
             why = "a site does not read back as written";
@@ -529,6 +555,12 @@ unlock:
     pthread_mutex_unlock(&batch_lock);
     Py_END_ALLOW_THREADS
 
+    if (write_errno != 0) {
+        /* The writer failed after it had written part of the batch (the probe at import makes
+         * this a kernel that changed its mind): say which call, and what read-back found. */
+        core_oserror_errno(write_errno, write_syscall ? write_syscall : "text_write");
+        goto out_release;
+    }
     if (sync_errno != 0) {
         /* membarrier never fails once registered; if it did, the sites are still whole (every
          * step wrote), but the ordering promise was not kept: say so. */
@@ -550,7 +582,6 @@ unlock:
                            "retire_stalled", retire_stalled ? Py_True : Py_False);
 out_release:
     PyBuffer_Release(&addrs);
-    PyBuffer_Release(&aliases);
     PyBuffer_Release(&lens);
     PyBuffer_Release(&old);
     PyBuffer_Release(&new);
@@ -559,75 +590,33 @@ out_release:
 
 /* ---- text ------------------------------------------------------------------------------- */
 
-/* Every code range pvpatch maps from a memfd: the r-x view and its rw- alias.  MAP_SHARED is what
- * makes the alias work, and also what a forked child would inherit: parent and child would
- * patch each other's code, with no sync in the other process.  So the child of a fork gets
- * private copies at the same addresses (fork_child below). */
-#define MAX_CODE_RANGES 1024
-static struct code_range {
-    uintptr_t exec, alias;
-    size_t len;
-    char name[64];
-} code_ranges[MAX_CODE_RANGES];
-static size_t n_code_ranges;
-
-static int note_code_range(uintptr_t exec, uintptr_t alias, size_t len, const char *name)
-{
-    pthread_mutex_lock(&site_tables_lock);
-    if (n_code_ranges == MAX_CODE_RANGES) {
-        pthread_mutex_unlock(&site_tables_lock);
-        return -1;
-    }
-    struct code_range *r = &code_ranges[n_code_ranges++];
-    r->exec = exec;
-    r->alias = alias;
-    r->len = len;
-    snprintf(r->name, sizeof(r->name), "%s", name);
-    pthread_mutex_unlock(&site_tables_lock);
-    return 0;
-}
-
-/* pthread_atfork: no fork lands in the middle of a batch or of a table update (prepare takes
- * the locks; both sides release them). */
+/* pthread_atfork: no fork lands in the middle of a batch, of a table update or of a code range
+ * update (prepare takes the locks; both sides release them).  So the child's copy of the text
+ * -- copy-on-write of the private mappings, or the writer's copy of the shared ones on the
+ * fallback path -- is never taken from a text that a batch is writing. */
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&batch_lock);
     pthread_mutex_lock(&site_tables_lock);
+    pvp_writer_fork_prepare();
 }
 
 static void fork_parent(void)
 {
+    pvp_writer_fork_parent();
     pthread_mutex_unlock(&site_tables_lock);
     pthread_mutex_unlock(&batch_lock);
 }
 
-/* In the child (one thread): move every code range into a fresh memfd of its own, mapped at the
- * same two addresses, so that the alias deltas Python keeps stay true.  A failure here leaves
- * the range shared with the parent; the child then refuses to patch it (private_code == 0). */
+/* In the child (one thread). */
 static void fork_child(void)
 {
+    pvp_writer_fork_child();
+    /* A handler of another thread may have held a reference to the (unpublished) batch at the
+     * fork; that thread does not exist here. */
+    atomic_store(&the_batch.refs, 0);
     pthread_mutex_unlock(&site_tables_lock);
     pthread_mutex_unlock(&batch_lock);
-    for (size_t i = 0; i < n_code_ranges; i++) {
-        struct code_range *r = &code_ranges[i];
-        void *tmp;
-        const char *syscall;
-        /* 1. Copy the current bytes into a new file through a temporary rw mapping. */
-        int fd = memfd_alias(r->name, r->len, &tmp, &syscall);
-        if (fd < 0) {
-            private_code = 0;
-            continue;
-        }
-        memcpy(tmp, (const void *)r->exec, r->len);
-        munmap(tmp, r->len);
-        /* 2. Replace both views; the bytes under them do not change. */
-        if (mmap((void *)r->alias, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
-                 0) == MAP_FAILED ||
-            mmap((void *)r->exec, r->len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, fd, 0) ==
-                MAP_FAILED)
-            private_code = 0;
-        close(fd);
-    }
 }
 
 struct seg_query {
@@ -671,92 +660,87 @@ static PyObject *py_text_segment(PyObject *self, PyObject *arg)
     return Py_BuildValue("(KKs)", (unsigned long long)q.start, (unsigned long long)q.end, q.path);
 }
 
-/* A memfd of `length` bytes and an rw- shared mapping of it (the alias).  Returns the fd, or -1
- * with errno set and *syscall naming the call that failed. */
-static int memfd_alias(const char *name, size_t length, void **alias, const char **syscall)
-{
-    int fd = memfd_create(name, MFD_CLOEXEC);
-    if (fd < 0) {
-        *syscall = "memfd_create";
-        return -1;
-    }
-    if (ftruncate(fd, (off_t)length) != 0) {
-        *syscall = "ftruncate";
-    } else {
-        *alias = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (*alias != MAP_FAILED)
-            return fd;
-        *syscall = "mmap";
-    }
-    int e = errno;
-    close(fd);
-    errno = e;
-    return -1;
-}
-
-/* The end of remap_text and map_code: close the fd, check the exec view, remember the range. */
-static PyObject *code_range_done(int fd, void *x, int map_errno, void *alias, size_t length,
-                                 const char *name)
-{
-    close(fd);
-    if (x == MAP_FAILED) {
-        munmap(alias, length);
-        return core_oserror_errno(map_errno, "mmap");
-    }
-    if (note_code_range((uintptr_t)x, (uintptr_t)alias, length, name) != 0) {
-        PyErr_SetString(PyExc_OverflowError, "too many code ranges");
-        return NULL;
-    }
-    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)x,
-                         (unsigned long long)(uintptr_t)alias);
-}
-
-/* remap_text(start, length, name) -> (start, alias): move [start, start+length) into a memfd,
- * mapped r-x shared at start (MAP_FIXED, same bytes, so threads running there notice nothing)
- * and rw- shared at the alias. */
-static PyObject *py_remap_text(PyObject *self, PyObject *args)
+/* register_text(start, length, name): [start, start+length) becomes a code range pvpatch may
+ * write (writer.c).  proc-mem path: nothing moves.  Alias path: the text moves into a memfd,
+ * mapped shared r-x over the same address.  Idempotent for a range that is already one. */
+static PyObject *py_register_text(PyObject *self, PyObject *args)
 {
     unsigned long long start, length;
-    const char *name, *syscall;
-    void *alias;
+    const char *name;
     if (!PyArg_ParseTuple(args, "KKs", &start, &length, &name))
         return NULL;
-    int fd = memfd_alias(name, length, &alias, &syscall);
-    if (fd < 0)
-        return core_oserror(syscall);
-    memcpy(alias, (const void *)(uintptr_t)start, length);
-    void *x = mmap((void *)(uintptr_t)start, length, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED,
-                   fd, 0);
-    return code_range_done(fd, x, errno, alias, length, name);
+    if (pvp_code_range_add_text((uintptr_t)start, (size_t)length, name) < 0)
+        return core_oserror(pvp_writer_syscall);
+    Py_RETURN_NONE;
 }
 
-/* map_code(length, name, near=0) -> (exec, alias): fresh zeroed code memory, r-x at the
- * returned exec address (within 1 GiB below `near` when given, so that rel32 calls reach code
- * there), rw- at the alias. */
+/* map_code(length, name, near=0) -> exec: fresh zeroed code memory, r-x (within 1 GiB below
+ * `near` when given, so that rel32 calls reach code there).  Write it with write_code. */
 static PyObject *py_map_code(PyObject *self, PyObject *args)
 {
     unsigned long long length, near = 0;
-    const char *name, *syscall;
-    void *alias;
+    const char *name;
+    uintptr_t x;
     if (!PyArg_ParseTuple(args, "Ks|K", &length, &name, &near))
         return NULL;
-    int fd = memfd_alias(name, length, &alias, &syscall);
-    if (fd < 0)
-        return core_oserror(syscall);
-    void *x = MAP_FAILED;
-    if (near != 0) {
-        /* Probe downwards from `near` for a free range: MAP_FIXED_NOREPLACE never clobbers. */
-        long pg = sysconf(_SC_PAGESIZE);
-        for (unsigned long long off = 64ull << 20; off < (1ull << 30) && x == MAP_FAILED;
-             off += 64ull << 20) {
-            uintptr_t want = ((uintptr_t)near - off - length) & ~(uintptr_t)(pg - 1);
-            x = mmap((void *)want, length, PROT_READ | PROT_EXEC,
-                     MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
-        }
-    } else {
-        x = mmap(NULL, length, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
+    if (pvp_code_range_map((size_t)length, name, (uintptr_t)near, &x) < 0)
+        return core_oserror(pvp_writer_syscall);
+    return PyLong_FromUnsignedLongLong(x);
+}
+
+/* write_code(addr, data): write bytes into a code range with the writer, outside the batch
+ * protocol: for code no thread runs yet (generated functions), op slots that live in code
+ * pages, and tests.  Serialised with batches. */
+static PyObject *py_write_code(PyObject *self, PyObject *args)
+{
+    unsigned long long addr;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*", &addr, &data))
+        return NULL;
+    int rc, err = 0;
+    const char *syscall = NULL;
+    if (pvp_code_range_find((uintptr_t)addr, (size_t)data.len) < 0) {
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "write_code: [%#llx, +%zd) is not in a code range of "
+                                       "pvpatch", addr, data.len);
+        return NULL;
     }
-    return code_range_done(fd, x, errno, alias, length, name);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&batch_lock);
+    rc = pvp_writer_begin();
+    if (rc == 0)
+        rc = text_write((uintptr_t)addr, data.buf, (size_t)data.len);
+    if (rc != 0) {
+        err = errno;
+        syscall = pvp_writer_syscall;
+    }
+    if (pvp_writer_end() != 0 && rc == 0) {
+        rc = -1;
+        err = errno;
+        syscall = pvp_writer_syscall;
+    }
+    pthread_mutex_unlock(&batch_lock);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (rc != 0)
+        return core_oserror_errno(err, syscall);
+    Py_RETURN_NONE;
+}
+
+/* writer_status() -> dict: which path writes code, and why. */
+static PyObject *py_writer_status(PyObject *self, PyObject *unused)
+{
+    int forced, probe_errno;
+    const char *probe_syscall;
+    size_t max_gap, n;
+    unsigned long syscalls, bytes, alias_maps;
+    pvp_writer_status(&forced, &probe_errno, &probe_syscall, &max_gap, &syscalls, &bytes,
+                      &alias_maps, &n);
+    return Py_BuildValue("{s:s,s:O,s:i,s:s,s:n,s:k,s:k,s:k,s:n}", "path", pvp_writer_path(),
+                         "forced", forced ? Py_True : Py_False, "probe_errno", probe_errno,
+                         "probe_syscall", probe_syscall, "max_gap", (Py_ssize_t)max_gap,
+                         "write_syscalls", syscalls, "bytes_written", bytes, "alias_maps",
+                         alias_maps, "code_ranges", (Py_ssize_t)n);
 }
 
 /* add_known_sites(addrs) -> index: addrs is a uint64 array of site starts (any order); the trap
@@ -815,6 +799,33 @@ static PyObject *py_trap_counters(PyObject *self, PyObject *unused)
                          "sites_patched", atomic_load(&ctr_sites));
 }
 
+/* sites_match(addrs, lens, flat) -> index of the first site whose bytes are not its part of
+ * flat (16 bytes per site, as apply_batch's old/new), or -1 when every site matches.  What the
+ * registry's record of a group's variant is checked against. */
+static PyObject *py_sites_match(PyObject *self, PyObject *args)
+{
+    Py_buffer addrs, lens, flat;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &addrs, &lens, &flat))
+        return NULL;
+    size_t n = (size_t)lens.len;
+    long bad = -1;
+    if ((size_t)addrs.len != n * 8 || (size_t)flat.len != n * 16) {
+        PyErr_SetString(PyExc_TypeError, "sites_match: buffer sizes do not agree");
+    } else {
+        const uint64_t *pa = addrs.buf;
+        const uint8_t *pl = lens.buf, *pf = flat.buf;
+        for (size_t i = 0; i < n; i++)
+            if (pl[i] > 16 || memcmp((const void *)(uintptr_t)pa[i], pf + 16 * i, pl[i]) != 0) {
+                bad = (long)i;
+                break;
+            }
+    }
+    PyBuffer_Release(&addrs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&flat);
+    return PyErr_Occurred() ? NULL : PyLong_FromLong(bad);
+}
+
 /* read(addr, n) -> bytes */
 static PyObject *py_read(PyObject *self, PyObject *args)
 {
@@ -831,12 +842,15 @@ PyMethodDef core_poke_methods[] = {
     {"install_trap_handler", py_install_trap_handler, METH_NOARGS,
      "Install the SIGTRAP handler (chaining to the previous one) unless it is already there."},
     {"text_segment", py_text_segment, METH_O, "Executable segment holding an address."},
-    {"remap_text", py_remap_text, METH_VARARGS, "Move text into a memfd with an rw alias."},
-    {"map_code", py_map_code, METH_VARARGS, "Fresh code memory: r-x view and rw alias."},
+    {"register_text", py_register_text, METH_VARARGS, "Make text a code range pvpatch writes."},
+    {"map_code", py_map_code, METH_VARARGS, "Fresh r-x code memory; returns its address."},
+    {"write_code", py_write_code, METH_VARARGS, "Write bytes into a code range (no protocol)."},
+    {"writer_status", py_writer_status, METH_NOARGS, "The writer's path and counters."},
     {"add_known_sites", py_add_known_sites, METH_O, "Register site start addresses."},
     {"sync", py_sync, METH_NOARGS, "membarrier SYNC_CORE."},
     {"membarrier_status", py_membarrier_status, METH_NOARGS, "(registered, errno)."},
     {"trap_counters", py_trap_counters, METH_NOARGS, "Trap handler counters."},
     {"read", py_read, METH_VARARGS, "Read bytes from memory."},
+    {"sites_match", py_sites_match, METH_VARARGS, "First site not holding the given bytes."},
     {NULL, NULL, 0, NULL},
 };
