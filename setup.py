@@ -11,6 +11,7 @@ CORE_SOURCES = [
     "src/pvpatch/_core/locks.c",
     "src/pvpatch/_core/lock_sites.c",
     "src/pvpatch/_core/torture.c",
+    "src/pvpatch/_core/forktest.c",
 ]
 
 setup(

@@ -19,6 +19,7 @@ extern PyMethodDef core_selftest_methods[];
 extern PyMethodDef core_cpuid_methods[];
 extern PyMethodDef core_lock_methods[];    /* lock_sites.c */
 extern PyMethodDef core_torture_methods[]; /* torture.c */
+extern PyMethodDef core_forktest_methods[]; /* forktest.c */
 
 /* poke.c */
 int core_poke_init(void); /* at import: membarrier registration */

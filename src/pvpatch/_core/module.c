@@ -26,6 +26,7 @@ static PyMethodDef *const tables[] = {
     core_cpuid_methods,
     core_lock_methods,
     core_torture_methods,
+    core_forktest_methods,
 };
 
 static struct PyModuleDef core_module = {

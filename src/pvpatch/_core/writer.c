@@ -459,32 +459,51 @@ int pvp_writer_end(void)
 
 /* ---- fork ------------------------------------------------------------------------------- */
 
-void pvp_writer_fork_prepare(void) { pthread_mutex_lock(&ranges_lock); }
+/* alias path: the child's copy of each shared range, taken in the parent by the prepare
+ * handler, i.e. under the batch lock.  Copying in the child instead would race with the parent's
+ * next batch, which writes the very pages the child still shares until it has its copy. */
+static int snap_fd[MAX_CODE_RANGES];
+static size_t n_snaps;
 
-void pvp_writer_fork_parent(void) { pthread_mutex_unlock(&ranges_lock); }
+void pvp_writer_fork_prepare(void)
+{
+    pthread_mutex_lock(&ranges_lock);
+    n_snaps = 0;
+    if (path != PATH_ALIAS)
+        return; /* private mappings: the kernel's copy-on-write is the snapshot */
+    size_t n = atomic_load(&n_ranges);
+    for (size_t i = 0; i < n; i++)
+        snap_fd[i] = ranges[i].fd < 0 ? -1 : memfd_copy(ranges[i].name, ranges[i].len,
+                                                         ranges[i].exec);
+    n_snaps = n;
+}
 
-/* In the child (one thread; the parent's batch lock was held across the fork, so no write of
- * the parent was in progress when the address space was copied). */
+void pvp_writer_fork_parent(void)
+{
+    for (size_t i = 0; i < n_snaps; i++)
+        if (snap_fd[i] >= 0)
+            close(snap_fd[i]);
+    n_snaps = 0;
+    pthread_mutex_unlock(&ranges_lock);
+}
+
+/* In the child (one thread; the parent held the batch lock across the fork). */
 void pvp_writer_fork_child(void)
 {
-    pthread_mutex_unlock(&ranges_lock);
     /* proc-mem: the inherited descriptor still writes the *parent's* memory.  Private
      * mappings gave us our own copy-on-write text already. */
     if (mem_fd >= 0) {
         close(mem_fd);
         mem_fd = -1;
     }
-    if (path != PATH_ALIAS)
-        return;
-    /* alias: shared mappings are inherited shared; give each range a memfd of its own, at the
-     * same address.  A failure leaves the range shared with the parent, and this process then
-     * refuses to patch (pvp_writer_child_ok). */
+    /* alias: map each range's snapshot over its address.  A range without one stays shared
+     * with the parent, and this process then refuses to patch (pvp_writer_child_ok). */
     size_t n = atomic_load(&n_ranges);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && path == PATH_ALIAS; i++) {
         struct code_range *c = &ranges[i];
         if (c->fd < 0)
             continue;
-        int fd = memfd_copy(c->name, c->len, c->exec);
+        int fd = i < n_snaps ? snap_fd[i] : -1;
         if (fd < 0 || mmap((void *)c->exec, c->len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED,
                            fd, 0) == MAP_FAILED) {
             if (fd >= 0)
@@ -495,6 +514,8 @@ void pvp_writer_fork_child(void)
         close(c->fd);
         c->fd = fd;
     }
+    n_snaps = 0;
+    pthread_mutex_unlock(&ranges_lock);
 }
 
 int pvp_writer_child_ok(void) { return child_ok; }
