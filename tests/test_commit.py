@@ -163,3 +163,54 @@ def test_lock_group_survives_exceptions_anywhere_and_loses_no_wakeup(lock_native
     assert s1["late_wakeups"] - s0["late_wakeups"] == 0, "a wake-up was lost"
     assert s1["head_sleep"] - s0["head_sleep"] > 0, "no head slept: proves nothing"
     assert_in_step("lock")
+
+
+def test_registration_interrupted_anywhere_is_recorded_iff_it_wrote():
+    """register_desc under the same storm: a module is in the registry exactly when its sites
+    were patched, and then they hold its group's variant."""
+    from pvpatch import gen
+    armed = [False]
+
+    def handler(sig, frame):
+        if armed[0]:
+            armed[0] = False
+            raise Boom
+
+    old = signal.signal(signal.SIGALRM, handler)
+    rng = random.Random(3)
+    outcomes = collections.Counter()
+    try:
+        for i in range(150):
+            g = gen.generate(40, group="regstorm", name=f"regstorm-{i}")
+            try:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(1, 1500) * 1e-6)
+                try:
+                    pvpatch.register_desc(g.desc, text=g.text)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    armed[0] = False
+            except Boom:
+                pass
+            registered = any(m.name == g.desc.name for m in pvpatch.registry.modules)
+            outcomes[registered] += 1
+            if registered:
+                cur = pvpatch.current()["regstorm"]
+                m = pvpatch.registry.module(g.desc.name)
+                assert all(patcher.site_bytes(s) == s.renderings[cur] for s in m.sites)
+                assert g.call(5) == {"native": 0x1001, "pv": 0x1002, "alt": 0x1003}[cur]
+            else:
+                assert all(_core.read(r.addr, r.length) == x for r, x in
+                           zip(g.desc.runtime, [s for s in _defaults(g)])), "written, unrecorded"
+            if i % 10 == 0 and "regstorm" in pvpatch.registry.groups:
+                pvpatch.runtime_patch({"regstorm": SELFTEST[i % 3]})
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert outcomes[True] > 10 and outcomes[False] > 10, outcomes
+
+
+def _defaults(g):
+    from pvpatch import x86
+    slot = g.desc.groups[0].ops[0].slot
+    return [x86.default_site(r.addr, slot, r.length) for r in g.desc.runtime]

@@ -228,20 +228,34 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         def flat(variant_of) -> bytes:
             return b"".join(s.renderings[variant_of(s)].ljust(STRIDE, b"\0") for s in todo)
 
-        res = _apply([(array("Q", [s.addr for s in todo]),
-                       bytes(s.length for s in todo), flat(lambda s: "default"),
-                       flat(lambda s: start[s.group]))])
-        registry.adopt_groups(desc)  # only once its sites are patched
-        _account(ev, res)
-        ev.duration_s = time.perf_counter() - t0
+        addrs, lens, default = (array("Q", [s.addr for s in todo]),
+                                bytes(s.length for s in todo), flat(lambda s: "default"))
         # Boot records are dropped: those sites are never patched again.  What stays is a note
         # of what they became, for `pvpatch sites`.
         mod.boot = boot
-        mod.boot_variants = {s.group: registry.groups[s.group].current for s in boot}
+        mod.boot_variants = {s.group: start[s.group] for s in boot}
         mod.boot_bytes_dropped = desc.section_bytes.get("boot", 0)
-        desc.boot = []
         mod.build_tables()
+        # The module is recorded before its batch, so that no exception after the batch can
+        # leave patched sites unrecorded (their variant is read from the bytes anyway); the
+        # record is undone if the batch wrote nothing.
+        known_ops = {name: list(g.ops) for name, g in registry.groups.items()}
+        registry.adopt_groups(desc)
         registry.modules.append(mod)
+        try:
+            res = _apply([(addrs, lens, default, flat(lambda s: start[s.group]))])
+        except BaseException:
+            if _core.sites_match(addrs.tobytes(), lens, default) == -1:  # nothing written
+                registry.modules.remove(mod)
+                for name in [g.name for g in desc.groups]:
+                    if name in known_ops:
+                        registry.groups[name].ops = known_ops[name]
+                    else:
+                        registry.groups.pop(name, None)
+            raise
+        desc.boot = []
+        _account(ev, res)
+        ev.duration_s = time.perf_counter() - t0
         for g in desc.groups:
             _set_slots(g.name, registry.groups[g.name].current)
         events.append(ev)

@@ -183,12 +183,16 @@ int pvp_code_range_map(size_t len, const char *name, uintptr_t near, uintptr_t *
     int flags = path == PATH_ALIAS ? MAP_SHARED : MAP_PRIVATE;
     void *x = MAP_FAILED;
     if (near != 0) {
-        /* Probe downwards from `near` for a free range: MAP_FIXED_NOREPLACE never clobbers. */
+        /* Probe downwards from 64 MiB below `near`, in steps of the length (2 MiB at least),
+         * for a free range: MAP_FIXED_NOREPLACE never clobbers. */
         long pg = sysconf(_SC_PAGESIZE);
-        for (unsigned long long off = 64ull << 20; off < (1ull << 30) && x == MAP_FAILED;
-             off += 64ull << 20) {
+        size_t step = len > (2u << 20) ? len : (2u << 20);
+        for (unsigned long long off = 64ull << 20; off + len < (1ull << 30) && x == MAP_FAILED;
+             off += step) {
             uintptr_t want = (near - off - len) & ~(uintptr_t)(pg - 1);
             x = mmap((void *)want, len, PROT_READ | PROT_EXEC, flags | MAP_FIXED_NOREPLACE, fd, 0);
+            if (x == MAP_FAILED && errno != EEXIST)
+                break;
         }
     } else {
         x = mmap(NULL, len, PROT_READ | PROT_EXEC, flags, fd, 0);
