@@ -155,8 +155,7 @@ def _holds(group: str, variant: str) -> bool:
     """Whether every runtime site of `group`, in every module, holds `variant`'s rendering."""
     for m in registry.modules:
         t = m.tables.get(group)
-        if t is not None and _core.sites_match(t.addrs.tobytes(), t.lens,
-                                               t.by_variant[variant]) >= 0:
+        if t is not None and _core.sites_match(t.addrs, t.lens, t.by_variant[variant]) >= 0:
             return False
     return True
 
@@ -379,10 +378,17 @@ def _runtime_patch(changes: Mapping[str, str], hook: int = 0) -> PatchEvent:
 
 
 def current() -> dict[str, str]:
-    """{group: current variant} for every registered group, as the sites' bytes hold it."""
-    with _lock:
+    """{group: current variant} for every registered group, as the sites' bytes hold it.
+
+    Waits for a runtime_patch in progress in another thread, 2 s at most: past that (a stuck
+    switch, seen from a watchdog) it returns the record as it stands."""
+    if not _lock.acquire(timeout=2.0):
+        return {g.name: g.current for g in registry.groups.values()}
+    try:
         _reconcile(list(registry.groups))
         return {g.name: g.current for g in registry.groups.values()}
+    finally:
+        _lock.release()
 
 
 def _after_fork_in_child() -> None:

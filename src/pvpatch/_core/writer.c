@@ -48,6 +48,9 @@ const char *pvp_writer_syscall = "";
 
 static _Atomic unsigned long ctr_syscalls, ctr_bytes, ctr_alias_maps;
 
+static int open_mem(void);
+static int pwrite_all(int fd, const void *src, size_t len, uintptr_t addr);
+
 /* ---- code ranges ------------------------------------------------------------------------ */
 
 #define MAX_CODE_RANGES 1024
@@ -63,6 +66,12 @@ static struct code_range {
  * SIGTRAP handler may look ranges up without the lock. */
 static _Atomic size_t n_ranges;
 static pthread_mutex_t ranges_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static inline int range_holds(size_t i, uintptr_t addr, size_t len)
+{
+    return addr >= ranges[i].exec && addr - ranges[i].exec <= ranges[i].len &&
+           len <= ranges[i].len - (addr - ranges[i].exec);
+}
 
 int pvp_code_range_find(uintptr_t addr, size_t len)
 {
@@ -148,7 +157,23 @@ int pvp_code_range_add_text(uintptr_t start, size_t len, const char *name)
             return -1;
         }
     int fd = -1;
-    if (path == PATH_ALIAS) {
+    if (path == PATH_PROC_MEM) {
+        /* The probe wrote a page of our own; make sure this text takes writes too, now, when a
+         * refusal still changes nothing: write its first byte with the value it holds (the
+         * page is copied on write with identical bytes, which no thread can tell). */
+        if (mem_fd < 0 || mem_pid != getpid()) {
+            if (open_mem() != 0) {
+                pthread_mutex_unlock(&ranges_lock);
+                pvp_writer_syscall = "open /proc/self/mem";
+                return -1;
+            }
+        }
+        uint8_t b = *(volatile const uint8_t *)start;
+        if (pwrite_all(mem_fd, &b, 1, start) != 0) {
+            pthread_mutex_unlock(&ranges_lock);
+            return -1;
+        }
+    } else {
         /* Move the text into a memfd, mapped shared r-x over the same address (MAP_FIXED over
          * identical bytes: threads running there notice nothing). */
         fd = memfd_copy(name, len, start);
@@ -333,7 +358,8 @@ void pvp_writer_set_max_gap(size_t gap) { max_gap = gap; }
 
 /* ---- writing ---------------------------------------------------------------------------- */
 
-/* The pending write: bytes for [run_addr, run_addr + run_len), all in range run_range. */
+/* The pending write: bytes for [run_addr, run_addr + run_len), all in range run_range (which,
+ * with nothing pending, is the range of the last write: the next one is usually there too). */
 #define RUN_MAX 65536
 static uint8_t run_buf[RUN_MAX];
 static uintptr_t run_addr;
@@ -408,12 +434,17 @@ int text_write(uintptr_t exec_addr, const void *src, size_t len)
         if (pvp_writer_flush() != 0)
             return -1;
     }
-    int r = pvp_code_range_find(exec_addr, len);
+    /* Most writes of a batch fall in the range of the previous one. */
+    int r = run_range >= 0 && (size_t)run_range < atomic_load(&n_ranges) &&
+                    range_holds((size_t)run_range, exec_addr, len)
+                ? run_range
+                : pvp_code_range_find(exec_addr, len);
     if (r < 0) {
         errno = EFAULT;
         pvp_writer_syscall = "text_write (not in a registered code range)";
         return -1;
     }
+    run_range = r;
     if (path == PATH_ALIAS) {
         uint8_t *a = alias_of(r);
         if (a == NULL)
@@ -427,7 +458,6 @@ int text_write(uintptr_t exec_addr, const void *src, size_t len)
     memcpy(run_buf, src, len);
     run_addr = exec_addr;
     run_len = len;
-    run_range = r;
     return 0;
 }
 
