@@ -45,7 +45,8 @@ def _gdb():
 def test_gdb_breakpoint_set_before_registration_hits_and_is_removed(tmp_path):
     gdb = _gdb()
     script = tmp_path / "target.py"
-    script.write_text("import pvpatch\nfrom pvpatch import _core\n" + FILE_BYTES + textwrap.dedent("""
+    header = "import pvpatch\nfrom pvpatch import _core\n" + FILE_BYTES
+    script.write_text(header + textwrap.dedent("""
         pvpatch.runtime_patch({"selftest": "pv"})
         fn = impl("value", "pv")
         assert _core.selftest_call(0) == 0x1002     # gdb's breakpoint in value_pv hits here

@@ -72,7 +72,9 @@ def _child_checks(patch_to):
     for s in pvpatch.registry.sites("selftest"):
         if patcher.site_bytes(s) != s.renderings[cur]:
             return 12
-    if _core.selftest_call(0) != VALUE[cur] or _core.selftest_call(4, 3, 4) not in (7, 0x207, 0x307):
+    if _core.selftest_call(0) != VALUE[cur]:
+        return 11
+    if _core.selftest_call(4, 3, 4) != 7 + {"native": 0, "pv": 0x200, "alt": 0x300}[cur]:
         return 11
     target = patch_to if patch_to != cur else "native" if cur != "native" else "pv"
     pvpatch.runtime_patch({"selftest": target})

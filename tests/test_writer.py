@@ -108,3 +108,16 @@ def test_generated_code_never_writable_and_executable(selftest_native):
         samples, bad = sampler.stop()
     assert bad == [] and samples > 5
     assert g.call(3) == 0x1001
+
+
+def test_fork_and_commit_tests_pass_on_the_fallback_path():
+    """The fork story differs most between the paths (shared text must be copied under the
+    batch lock); run those tests, and the commit storm, with the fallback forced."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PVPATCH_WRITER="alias")
+    storm = "test_commit.py::test_selftest_group_survives_exceptions_anywhere"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          os.path.join(here, "test_fork.py"), os.path.join(here, storm)],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=here)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout

@@ -44,7 +44,7 @@ def auto(hints_path: str | None = None, **kwargs):
     return _auto(hints_path, **kwargs)
 
 
-__all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError", "SiteError",
-           "SyscallError", "current", "events", "get_include", "register_desc",
+__all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
+           "SiteError", "SyscallError", "current", "events", "get_include", "register_desc",
            "register_module", "registry", "runtime_patch", "set_transition",
            "threads_blocking_sigtrap", "core_module"]
