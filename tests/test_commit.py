@@ -214,3 +214,14 @@ def _defaults(g):
     from pvpatch import x86
     slot = g.desc.groups[0].ops[0].slot
     return [x86.default_site(r.addr, slot, r.length) for r in g.desc.runtime]
+
+
+def test_mode_never_becomes_pv_over_inline_unlocks(lock_native):
+    """The check reads the code: a transition whose first batch did not happen (here: an
+    apply that writes nothing) stops before the mode store."""
+    assert pvpatch.current()["lock"] == "native" and locks.mode() == "native"
+    with pytest.raises(locks.UnlockSitesNotKicking, match=r"unlock site .* holds (2e)*c60700"):
+        locks.transition("native", "pv", lambda variant: None)
+    assert locks.mode() == "native"
+    pvpatch.runtime_patch({"lock": "pv"})  # the real path goes through
+    assert locks.mode() == "pv"

@@ -89,7 +89,8 @@ def _check_unlocks_kick() -> None:
     code.  Called right before the mode becomes PV; runtime_patch refuses re-entry, so no
     batch of this group runs between this check and the mode store."""
     for s in registry.sites(GROUP):
-        if s.op == "unlock" and site_bytes(s) != s.renderings["pv"]:
+        kicking = (s.renderings["pv"], s.renderings["hybrid"])
+        if s.op == "unlock" and site_bytes(s) not in kicking:
             raise UnlockSitesNotKicking(
                 f"lock -> pv: unlock site {s.name} holds {site_bytes(s).hex()}, not the kicking "
                 f"{s.renderings['pv'].hex()}; the mode stays {mode()} (a PV head could sleep "
