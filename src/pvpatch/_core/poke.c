@@ -538,8 +538,9 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         }
     }
     in_patcher = 0;
-    /* No handler holds the batch any more: the alias (fallback path) may go. */
-    if (pvp_writer_end() != 0 && write_errno == 0) {
+    /* No handler holds the batch any more: the alias (fallback path) may go.  After a stalled
+     * retirement a handler may still write through it, so it stays until a later batch ends. */
+    if ((retire_stalled ? pvp_writer_flush() : pvp_writer_end()) != 0 && write_errno == 0) {
         write_errno = errno ? errno : EIO;
         write_syscall = pvp_writer_syscall;
     }
