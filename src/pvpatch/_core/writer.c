@@ -48,7 +48,6 @@ const char *pvp_writer_syscall = "";
 
 static _Atomic unsigned long ctr_syscalls, ctr_bytes, ctr_alias_maps;
 
-static int open_mem(void);
 static int pwrite_all(int fd, const void *src, size_t len, uintptr_t addr);
 
 /* ---- code ranges ------------------------------------------------------------------------ */
@@ -161,16 +160,19 @@ int pvp_code_range_add_text(uintptr_t start, size_t len, const char *name)
         /* The probe wrote a page of our own; make sure this text takes writes too, now, when a
          * refusal still changes nothing: write its first byte with the value it holds (the
          * page is copied on write with identical bytes, which no thread can tell). */
-        if (mem_fd < 0 || mem_pid != getpid()) {
-            if (open_mem() != 0) {
-                pthread_mutex_unlock(&ranges_lock);
-                pvp_writer_syscall = "open /proc/self/mem";
-                return -1;
-            }
+        int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC); /* its own: mem_fd is the batch's */
+        if (fd < 0) {
+            pthread_mutex_unlock(&ranges_lock);
+            pvp_writer_syscall = "open /proc/self/mem";
+            return -1;
         }
         uint8_t b = *(volatile const uint8_t *)start;
-        if (pwrite_all(mem_fd, &b, 1, start) != 0) {
+        int rc = pwrite_all(fd, &b, 1, start);
+        int e = errno;
+        close(fd);
+        if (rc != 0) {
             pthread_mutex_unlock(&ranges_lock);
+            errno = e;
             return -1;
         }
     } else {
