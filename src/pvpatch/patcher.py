@@ -335,13 +335,16 @@ def _check_changes(changes) -> None:
                                 f"{type(v).__name__} {v!r}")
 
 
-def runtime_patch(changes: Mapping[str, str]) -> PatchEvent:
+def runtime_patch(changes: Mapping[str, str], **unexpected) -> PatchEvent:
     """Switch groups to variants while threads run their sites: {group: variant, ...}.
 
     Every affected site of every registered module is patched in one batch (groups that own
     their transitions, like `lock`, take the batches their protocol needs).  Concurrent callers
     are serialised.  A refused batch changes nothing and raises BatchRefused.  Every error is a
     PvpatchError (a failed system call a SyscallError carrying errno and the call's name)."""
+    if unexpected:
+        raise ArgumentError(f"runtime_patch takes one mapping {{group: variant}} and no keyword "
+                            f"arguments, not {', '.join(sorted(unexpected))}")
     return _runtime_patch(changes)
 
 
