@@ -39,6 +39,10 @@ def _gdb():
     gdb = shutil.which("gdb")
     if gdb is None:
         pytest.skip("gdb is not installed (.ci/run installs it)")
+    probe = subprocess.run([gdb, "-nx", "-batch", "-ex", "run", "--args", "/bin/true"],
+                           capture_output=True, text=True, timeout=60)
+    if "exited normally" not in probe.stdout + probe.stderr:  # e.g. ptrace forbidden here
+        pytest.skip(f"gdb cannot run a program here: {(probe.stdout + probe.stderr)[-300:]}")
     return gdb
 
 
