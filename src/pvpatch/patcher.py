@@ -313,13 +313,6 @@ def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
         _reconcile(changes)  # the commit: whatever the bytes now hold
 
 
-def holds(group: str, variant: str) -> bool:
-    """Whether every site of `group` holds `variant`'s rendering now (read from the code)."""
-    with _lock:
-        registry.group(group).check_variant(variant)
-        return _holds(group, variant)
-
-
 def _check_changes(changes) -> None:
     if not isinstance(changes, Mapping):
         hint = (f" (did you mean runtime_patch({{{changes!r}: <variant>}})?)"
