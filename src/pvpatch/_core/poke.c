@@ -82,6 +82,7 @@ static inline void serialize_self(void)
  * returns, and so does the caller.  Async-signal-safe. */
 int core_sync(void)
 {
+    pvp_writer_sync_flush(); /* the writes this sync publishes are in memory first */
     if (sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0) != 0)
         return -1;
     serialize_self();
@@ -97,7 +98,9 @@ int core_poke_init(void)
     }
     /* trap_help below writes code from SIGTRAP handlers during a pass, so the patcher's
      * coalesced writes must not span bytes a handler may write (writer.h): only writes that
-     * touch coalesce.  A handler that writes no code lifts this. */
+     * touch coalesce.  (With a gap, `pvpatch selftest` finds the race within seconds: a gap
+     * rewrite puts an int3 back over a first byte a handler has just completed.)  A handler
+     * that writes no code makes this call go, and each pass then takes a few pwrites. */
     pvp_writer_set_max_gap(0);
     /* Registering is cheap while the process has one thread and costs tens of milliseconds
      * later, which is why it happens here, at import. */
@@ -491,8 +494,14 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     for (size_t i = 0; i < n; i++)
         if (atomic_load_explicit(&b->e[i].state, memory_order_acquire) < S_INT3)
             step_write(b->e[i].addr, &(const uint8_t){INT3}, 1, &write_errno, &write_syscall);
-    if (hook != 0)
+    if (hook != 0) {
+        /* The hook runs a site: the int3s must be in memory, not pending in the writer. */
+        if (pvp_writer_flush() != 0 && write_errno == 0) {
+            write_errno = errno ? errno : EIO;
+            write_syscall = pvp_writer_syscall;
+        }
         ((long (*)(void))(uintptr_t)hook)();
+    }
     /* sync #1: partner of the helper's step-1 sync; after it, nobody can fetch an old first
      * byte. */
     step_sync(&syncs, &sync_errno, &write_errno, &write_syscall);

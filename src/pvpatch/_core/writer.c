@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,12 +368,21 @@ static uint8_t run_buf[RUN_MAX];
 static uintptr_t run_addr;
 static size_t run_len;
 static int run_range = -1;
+/* The batch's thread, so that a sync it issues publishes what it wrote (pvp_writer_sync_flush);
+ * `busy` while it changes the pending write, when a signal handler on it must not flush. */
+static pthread_t owner;
+static volatile sig_atomic_t has_owner, busy;
+static int deferred_errno; /* a flush issued by a sync failed: reported by pvp_writer_end */
+static const char *deferred_syscall;
 
 int pvp_writer_begin(void)
 {
     if (pvp_writer_init() != 0)
         return -1;
     run_len = 0;
+    deferred_errno = 0;
+    owner = pthread_self();
+    has_owner = 1;
     if (path == PATH_PROC_MEM && (mem_fd < 0 || mem_pid != getpid())) {
         /* After a fork (the child handler closed it), or a clone that ran no handler. */
         if (open_mem() != 0) {
@@ -409,7 +419,7 @@ static void alias_store(uint8_t *dst, const void *src, size_t len)
         memcpy(dst, src, len);
 }
 
-int pvp_writer_flush(void)
+static int flush_pending(void)
 {
     if (run_len == 0)
         return 0;
@@ -418,7 +428,47 @@ int pvp_writer_flush(void)
     return pwrite_all(mem_fd, run_buf, len, run_addr);
 }
 
+int pvp_writer_flush(void)
+{
+    busy = 1;
+    atomic_signal_fence(memory_order_seq_cst);
+    int rc = flush_pending();
+    atomic_signal_fence(memory_order_seq_cst);
+    busy = 0;
+    return rc;
+}
+
+/* From core_sync(): a sync issued by the batch's thread publishes its pending write first, so a
+ * caller that forgets pvp_writer_flush() still never syncs ahead of its own writes.  Skipped on
+ * other threads, and in a signal handler that interrupted the owner inside the writer (the
+ * owner's own sync comes later).  Async-signal-safe. */
+void pvp_writer_sync_flush(void)
+{
+    if (!has_owner || busy || run_len == 0 || !pthread_equal(owner, pthread_self()))
+        return;
+    busy = 1;
+    atomic_signal_fence(memory_order_seq_cst);
+    if (flush_pending() != 0 && deferred_errno == 0) {
+        deferred_errno = errno;
+        deferred_syscall = pvp_writer_syscall;
+    }
+    atomic_signal_fence(memory_order_seq_cst);
+    busy = 0;
+}
+
+static int text_write_pending(uintptr_t exec_addr, const void *src, size_t len);
+
 int text_write(uintptr_t exec_addr, const void *src, size_t len)
+{
+    busy = 1;
+    atomic_signal_fence(memory_order_seq_cst);
+    int rc = text_write_pending(exec_addr, src, len);
+    atomic_signal_fence(memory_order_seq_cst);
+    busy = 0;
+    return rc;
+}
+
+static int text_write_pending(uintptr_t exec_addr, const void *src, size_t len)
 {
     if (len == 0)
         return 0;
@@ -433,7 +483,7 @@ int text_write(uintptr_t exec_addr, const void *src, size_t len)
             run_len = exec_addr + len - run_addr;
             return 0;
         }
-        if (pvp_writer_flush() != 0)
+        if (flush_pending() != 0)
             return -1;
     }
     /* Most writes of a batch fall in the range of the previous one. */
@@ -480,6 +530,12 @@ int text_write_now(uintptr_t exec_addr, const void *src, size_t len)
 int pvp_writer_end(void)
 {
     int rc = pvp_writer_flush();
+    has_owner = 0;
+    if (deferred_errno != 0 && rc == 0) {
+        errno = deferred_errno;
+        pvp_writer_syscall = deferred_syscall;
+        rc = -1;
+    }
     if (path == PATH_ALIAS) {
         size_t n = atomic_load(&n_ranges);
         for (size_t i = 0; i < n; i++) {

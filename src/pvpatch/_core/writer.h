@@ -16,8 +16,9 @@
  * Use, for one batch, from one thread holding the batch lock:
  *     pvp_writer_begin(); text_write(...)...; pvp_writer_flush(); <sync> ...; pvp_writer_end();
  * text_write() may keep a write pending so that writes of one pass coalesce into few system
- * calls; pvp_writer_flush() makes every pending write visible, and must come before the sync
- * that publishes a pass.  Errors: -1 with errno set and pvp_writer_syscall naming the call.
+ * calls; pvp_writer_flush() makes every pending write visible.  A sync (core_sync) issued by the
+ * batch's thread flushes first by itself, so no sync can overtake the writes it publishes;
+ * anything else that relies on the writes being in memory (the selftest hook) flushes.  Errors: -1 with errno set and pvp_writer_syscall naming the call.
  */
 #ifndef PVPATCH_WRITER_H
 #define PVPATCH_WRITER_H
@@ -33,6 +34,7 @@ int pvp_writer_begin(void);
 int text_write(uintptr_t exec_addr, const void *src, size_t len);
 int pvp_writer_flush(void);
 int pvp_writer_end(void);
+void pvp_writer_sync_flush(void); /* core_sync() calls it: see writer.c */
 
 /* An unbuffered write for a SIGTRAP handler that completes a site during a live batch:
  * async-signal-safe (one pwrite, or stores through an alias mapped by this batch). */
