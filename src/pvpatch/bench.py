@@ -28,14 +28,14 @@ def _pct(xs: list[float], q: float) -> float:
 @suite("patch")
 def bench_patch(sizes=SIZES, repeat: int = 41, progress=None) -> dict:
     import pvpatch
-    from . import gen
+    from . import _core, gen
 
     rows = []
     for n in sizes:
         group = f"bench{n}"
         if group not in pvpatch.registry.groups:
             g = gen.generate(n, length=6, group=group)
-            pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
+            pvpatch.register_desc(g.desc, text=g.text)
         wall, batch, syncs = [], [], set()
         for i in range(repeat):
             variant = ("pv", "alt", "native")[i % 3]
@@ -53,11 +53,13 @@ def bench_patch(sizes=SIZES, repeat: int = 41, progress=None) -> dict:
         rows.append(row)
         if progress:
             progress(row)
-    return {"suite": "patch", "rows": rows}
+    # The writer path decides the syncs of a call -> call batch (docs/protocol.md).
+    return {"suite": "patch", "writer": _core.writer_status()["path"], "rows": rows}
 
 
 def format_patch(res: dict) -> str:
-    out = [f"{'sites':>7} {'median ms':>10} {'p90 ms':>9} {'min ms':>9} {'C batch ms':>11} "
+    out = [f"writer: {res.get('writer', '?')}",
+           f"{'sites':>7} {'median ms':>10} {'p90 ms':>9} {'min ms':>9} {'C batch ms':>11} "
            f"{'syncs/batch':>12}"]
     for r in res["rows"]:
         out.append(f"{r['sites']:>7} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} "
