@@ -82,8 +82,9 @@ def test_gdb_breakpoint_in_a_site_refuses_batches_and_leaves_with_detach(tmp_pat
     script = tmp_path / "target.py"
     script.write_text("import os, sys, time\nimport pvpatch\nfrom pvpatch import _core\n"
                       + FILE_BYTES + textwrap.dedent(f"""
-        site = next(s for s in pvpatch.core_module.sites if s.group == "selftest")
-        fn = _core.selftest_sites()[0][0]  # the function holding that site
+        fn = _core.selftest_sites()[0][0]  # the function selftest_call(0) runs, and its site
+        site = min((s for s in pvpatch.core_module.sites
+                    if s.group == "selftest" and s.addr >= fn), key=lambda s: s.addr)
         pristine = _core.read(fn, site.addr - fn)
         print(os.getpid(), site.addr, flush=True)
         refused = ok = 0
@@ -124,7 +125,7 @@ def test_gdb_breakpoint_in_a_site_refuses_batches_and_leaves_with_detach(tmp_pat
             target.kill()
             target.wait()
     text = out.stdout + out.stderr
-    assert "Breakpoint 1, " in text, text
+    assert "Breakpoint 1, " in text, f"{text}\n--- target\n{(err or '')[-3000:]}"
     assert target.returncode == 0, f"target: {target.returncode}\n{rest}\n{err}\n--- gdb\n{text}"
     assert "TARGET DONE" in rest
     refused = int(rest.split("refused")[1].split()[0])
