@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 
 from . import _core
-from .errors import (BatchRefused, ElfError, PvpatchError, RegistryError, SiteError,
-                     SyscallError)
+from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
+                     SiteError, SyscallError)
 from .patcher import (current, events, register_desc, register_module, registry,
                       runtime_patch, set_transition)
 
@@ -44,6 +44,6 @@ def auto(hints_path: str | None = None, **kwargs):
     return _auto(hints_path, **kwargs)
 
 
-__all__ = ["auto", "BatchRefused", "ElfError", "PvpatchError", "RegistryError", "SiteError",
-           "SyscallError", "current", "events", "get_include", "register_desc",
+__all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
+           "SiteError", "SyscallError", "current", "events", "get_include", "register_desc",
            "register_module", "registry", "runtime_patch", "set_transition", "core_module"]

@@ -48,7 +48,6 @@ class Site:
     record: SiteRecord
     group: str
     op: str
-    alias: int
     renderings: dict[str, bytes]
     kinds: dict[str, str]
 
@@ -74,7 +73,6 @@ class Site:
 class GroupTable:
     """One module's runtime sites of one group, in flat arrays for apply_batch."""
     addrs: array
-    aliases: array
     lens: bytes
     by_variant: dict[str, bytes]
 
@@ -84,7 +82,6 @@ class Module:
     name: str
     desc: ModuleDesc
     text: tuple[int, int]
-    alias_delta: int
     sites: list[Site]                       # runtime sites, patchable for good
     boot: list[Site] = field(default_factory=list)  # boot sites: as rendered at registration
     tables: dict[str, GroupTable] = field(default_factory=dict)
@@ -101,7 +98,6 @@ class Module:
             variants = sites[0].renderings.keys()
             self.tables[g] = GroupTable(
                 array("Q", [s.addr for s in sites]),
-                array("Q", [s.alias for s in sites]),
                 bytes(s.length for s in sites),
                 {v: b"".join(s.renderings[v].ljust(STRIDE, b"\0") for s in sites)
                  for v in variants})
@@ -158,7 +154,7 @@ class Registry:
             else:
                 known.ops.extend(o.name for o in g.ops if o.name not in known.ops)
 
-    def plan_sites(self, desc: ModuleDesc, text: tuple[int, int], alias_delta: int,
+    def plan_sites(self, desc: ModuleDesc, text: tuple[int, int],
                    read) -> tuple[list[Site], list[Site]]:
         """Check every record of a module and render its sites.  Raises SiteError naming the
         first bad site; nothing has been written then.  `read(addr, n)` reads memory."""
@@ -191,10 +187,15 @@ class Registry:
             expected = x86.default_site(rec.addr, op.slot, rec.length)
             actual = read(rec.addr, rec.length)
             if actual != expected:
+                # A debugger's breakpoint is refused, not copied into a rendering: registration
+                # would otherwise erase it (or keep an int3 gdb no longer knows about).
+                trap = any(a == 0xCC and e != 0xCC for a, e in zip(actual, expected))
                 raise SiteError(where, f"bytes {actual.hex()} are not the default "
                                        f"{expected.hex()} (call *slot(%rip) stretched with CS "
                                        f"prefixes; a module built with an older pvpatch.h must "
-                                       f"be rebuilt)")
+                                       f"be rebuilt)"
+                                       + ("; an int3 is there (a debugger's breakpoint? remove "
+                                          "it, register, then set it again)" if trap else ""))
             renderings, kinds = {}, {}
             for v, impl in zip(g.variants, op.impls):
                 try:
@@ -206,6 +207,5 @@ class Registry:
                 renderings[v], kinds[v] = code, kind
             renderings["default"], kinds["default"] = expected, "default"
             section = "boot" if rec.flags & F_BOOT or rec.section == "boot" else "runtime"
-            out[section].append(Site(desc.name, rec, g.name, op.name, rec.addr + alias_delta,
-                                     renderings, kinds))
+            out[section].append(Site(desc.name, rec, g.name, op.name, renderings, kinds))
         return out["runtime"], out["boot"]
