@@ -145,10 +145,12 @@ def test_hints_watch_prints_changes_only(tmp_path):
     path = tmp_path / "hints"
     w = Proc([PY, "-m", "pvpatch.cli", "hints", "--hints-path", str(path), "--watch", "--json",
               "--poll", "0.05"])
-    h = hostd(path, "--interval", "0.05", "--duration", "2.4",
-              "--simulate", "0:realtime,0.8:oversubscribed,1.6:realtime")
+    h = None
     try:
+        # The page must be missing when the watcher first looks: start hostd only after that.
         w.wait_line('"status": "missing"')
+        h = hostd(path, "--interval", "0.05", "--duration", "2.4",
+                  "--simulate", "0:realtime,0.8:oversubscribed,1.6:realtime")
         h.wait_line("page marked stopped", timeout=20)
         w.wait_line('"status": "stopped"', timeout=10)
         rows = [json.loads(line) for line in w.history]
@@ -163,7 +165,8 @@ def test_hints_watch_prints_changes_only(tmp_path):
         assert len(rows) <= 6, rows
     finally:
         w.close()
-        h.close()
+        if h is not None:
+            h.close()
     h = hostd(path, "--interval", "0.05", "--simulate", "0:realtime", "--duration", "30")
     try:
         h.wait_line("hints=realtime")
