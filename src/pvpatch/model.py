@@ -250,17 +250,35 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
     return result
 
 
-def main() -> int:
+def main(argv=None) -> int:
     import argparse
+    import json
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m pvpatch.model", description=__doc__.split("\n")[0])
+    # --protocol lock: the lock-switching model (pvpatch.model_lock), with its own options.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol", choices=("batch", "lock"), default="batch")
+    p, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if p.protocol == "lock":
+        from . import model_lock
+        return model_lock.main(rest)
+
+    ap = argparse.ArgumentParser(prog="python -m pvpatch.model", description=__doc__.split("\n")[0],
+                                 epilog="--protocol lock: the lock-switching model "
+                                        "(python -m pvpatch.model --protocol lock --help)")
     ap.add_argument("--executors", type=int, default=2)
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--executions", type=int, default=2)
     ap.add_argument("--mutation", choices=MUTATIONS)
-    a = ap.parse_args()
+    ap.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    a = ap.parse_args(rest)
     r = check(a.executors, a.batches, a.executions, a.mutation)
+    if a.json:
+        print(json.dumps({"protocol": "batch", "states": r.states, "ok": r.ok,
+                          "mutation": a.mutation,
+                          "violations": [{"what": w, "trace": t} for w, t in r.violations]},
+                         indent=1))
+        return 0 if r.ok else 1
     print(f"{r.states} states explored")
     for what, steps in r.violations:
         print(f"VIOLATION: {what}")
