@@ -25,7 +25,8 @@ import threading
 
 from . import _core
 from .errors import PvpatchError
-from .patcher import set_transition
+from .patcher import _set_slots as set_slots
+from .patcher import registry, set_transition, site_bytes
 
 GROUP = "lock"
 MODES: dict[str, int] = _core.lock_modes()  # {"native": 0, "hybrid": 1, "pv": 2}
@@ -69,10 +70,39 @@ def _count(key: str) -> None:
         _switches[key] += 1
 
 
+def variant_in_bytes() -> str:
+    """The variant the lock group's sites hold, read from the code (not from the record).
+    Raises PvpatchError if the sites hold no one variant."""
+    group = registry.groups[GROUP]
+    fits = set(group.variants)
+    for site in registry.sites(GROUP):
+        code = site_bytes(site)
+        fits &= {v for v, r in site.renderings.items() if r == code}
+        if not fits:
+            raise PvpatchError(f"lock: site {site.name} holds {code.hex()}, which is no "
+                               f"rendering the other sites' variant has; not switching")
+    return group.current if group.current in fits else sorted(fits)[0]
+
+
+def _resync(current: str) -> str:
+    """The record may lag the bytes: an exception (KeyboardInterrupt, a Python signal handler
+    that raises) between a batch and its commit leaves the batch done and the record as it
+    was.  A transition that trusted such a record skips a batch it needs (apply() skips a
+    variant the record already names) and can reach mode PV with inline unlock stores, which
+    lose wake-ups (found by pvpatch.model_lock, mutation trust_record).  So every transition
+    starts from the bytes, and repairs the record from them."""
+    actual = variant_in_bytes()
+    if actual != current:
+        registry.groups[GROUP].current = actual
+        set_slots(GROUP, actual)
+    return actual
+
+
 def transition(current: str, target: str, apply) -> None:
     """Move the lock group from `current` to `target`; runtime_patch calls this (with its
     lock held) and `apply(variant)` applies one plain batch.  Raises LockSwitchIncomplete,
     with the group at hybrid, when the grace period does not end in time."""
+    current = _resync(current)
     if target == "pv":
         apply("hybrid")                           # 1
         _core.lock_set_mode(MODES["pv"])          # 2 (after step 1's final sync)
