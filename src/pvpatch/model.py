@@ -19,8 +19,9 @@ failure it guards against, so the model is not vacuous.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
+
+from .explore import explore
 
 I = "I"
 VERSIONS = ("O", "N", "P", "Q")     # the site's bytes before batch 1, after batch 1, 2, 3
@@ -218,36 +219,12 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
                             put(("fetch0", None, None, None, None, ex), refs=refs - 1)))
         return out
 
-    parent: dict = {start: None}
-    queue = deque([start])
-    result = Result(0)
+    # The search and the traces: pvpatch.explore, shared with the lock model.
+    def finished(s):
+        return s[7] == "done" and all(t[0] == "done" for t in s[8])
 
-    def trace(s, last):
-        steps = [last]
-        while parent[s] is not None:
-            s, step = parent[s]
-            steps.append(step)
-        return steps[::-1]
-
-    while queue:
-        s = queue.popleft()
-        result.states += 1
-        if result.states > max_states:
-            result.violations.append(("state space too large", []))
-            break
-        succ = successors(s)
-        done = s[7] == "done" and all(t[0] == "done" for t in s[8])
-        if not succ and not done:
-            result.violations.append(("stuck: no step enabled", trace(s, "(stuck)")))
-            break
-        for step, nxt in succ:
-            if step == "VIOLATION":
-                result.violations.append((nxt, trace(s, nxt)))
-                return result
-            if nxt not in parent:
-                parent[nxt] = (s, step)
-                queue.append(nxt)
-    return result
+    r = explore(start, successors, final=finished, max_states=max_states)
+    return Result(r.states, r.violations)
 
 
 def main(argv=None) -> int:
