@@ -44,7 +44,7 @@ failure each piece prevents and prints the trace.
 """
 from __future__ import annotations
 
-from .explore import VIOLATION, Result, explore
+from .explore import Result, explore
 
 NATIVE, HYBRID, PV = 0, 1, 2
 MODE_NAMES = ("NATIVE", "HYBRID", "PV")
@@ -608,7 +608,7 @@ class LockModel:
         locked, pending, tail = w
         m = self.m
 
-        def take(own):
+        def take():
             """head_take: the queue empties in the same CAS when we are its only node."""
             if tail == me:
                 return (LOCKED, 0, None), 1
@@ -620,7 +620,7 @@ class LockModel:
                     if m == "plain_store_handover":
                         go("head sees neither locked nor pending", f(pc="H_store"))
                     else:
-                        nw, r = take(0)
+                        nw, r = take()
                         go(f"head: CAS takes lock {li}" + (" and empties the queue" if r
                                                            else ""),
                            f(pc="Q_release" if r else "H_link"), nw=nw)
@@ -632,13 +632,13 @@ class LockModel:
                 go("sleepy head: try_own_pending " + ("(owns it)" if own else "(taken)"),
                    f(pc="H_spin", own=own), nw=nw if own else None)
         elif pc == "H_store":
-            nw, r = take(0)
+            nw, r = take()
             go(f"head: plain store locked = LOCKED (mutation), owns lock {li}",
                f(pc="Q_release" if r else "H_link"), nw=nw)
         elif pc == "H_spin":
             own = fr[OWN]
             if locked == FREE and (own or pending == 0):
-                nw, r = take(own)
+                nw, r = take()
                 go(f"sleepy head: CAS takes lock {li}", f(pc="Q_release" if r else "H_link",
                                                           own=0), nw=nw)
             if not own and pending == 0:
