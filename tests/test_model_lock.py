@@ -96,6 +96,10 @@ def test_bad_arguments():
         model_lock.check(mutation="nope")
     with pytest.raises(ValueError, match="start must be native or pv"):
         model_lock.check(start="hybrid")
+    with pytest.raises(ValueError, match="threads 0: must be 1..4"):
+        model_lock.check(threads=0)
+    rc, out, err = _cli("--protocol", "lock", "--threads", "1", "--signal")
+    assert rc == 2 and "signal: needs 2 threads" in err and "Traceback" not in err
 
 
 def _cli(*args):

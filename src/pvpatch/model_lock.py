@@ -125,7 +125,12 @@ class LockModel:
         if start not in ("native", "pv"):
             raise ValueError(f"start must be native or pv, not {start!r}")
         if not 1 <= threads <= 4:
-            raise ValueError("threads must be 1..4")
+            raise ValueError(f"threads {threads}: must be 1..4")
+        if iterations < 1 or switches < 0 or aborts < 0:
+            raise ValueError(f"iterations {iterations}, switches {switches}, aborts {aborts}: "
+                             f"need iterations >= 1, switches >= 0, aborts >= 0")
+        if signal and threads < 2:
+            raise ValueError("signal: needs 2 threads or more (thread 1 shares the 2nd lock)")
         self.n = threads
         self.m = mutation
         # The grace period reads the pv_active counters one by one, in any order (the code:
@@ -906,7 +911,10 @@ def main(argv=None) -> int:
     for name, cfg in runs:
         cfg.setdefault("symmetry", not a.no_symmetry)
         cfg.setdefault("liveness", not a.no_liveness)
-        r = check(**cfg)
+        try:
+            r = check(**cfg)
+        except ValueError as exc:
+            ap.error(str(exc))
         results.append((name, r))
         if not a.json:
             if name:
