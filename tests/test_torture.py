@@ -231,3 +231,45 @@ def test_auto_mode_follows_host_hints(tmp_path):
 def test_the_api_refuses_what_the_cli_refuses(field, value):
     with pytest.raises(torture.TortureError, match=f"--{field.replace('_', '-')}"):
         torture.Config(**{field: value}).check()
+
+
+# ---- progress gaps ------------------------------------------------------------------------
+
+def test_progress_gaps_report_one_writer_stalled_for_longer_than_100x_its_latency():
+    g = torture.ProgressGaps(2, 0.0)
+    counts = [0, 0]
+    t = 0.0
+    for k in range(300):                       # 3 s sampled every 10 ms
+        t = round(t + 0.01, 3)
+        counts[0] += 10                        # 1 ms per acquisition, throughout
+        if not 1.0 <= t < 2.5:                 # writer 1 stalls from 1.0 s to 2.5 s
+            counts[1] += 10
+        g.sample(t, list(counts))
+    gaps = g.gaps()
+    assert [x.writer for x in gaps] == [1]
+    assert gaps[0].t0 == pytest.approx(0.99, abs=0.011)
+    assert 1.49 <= gaps[0].seconds <= 1.51     # a lower bound: the samples that saw nothing
+    assert gaps[0].median_latency_s == pytest.approx(0.001)
+
+
+def test_progress_gaps_count_a_writer_stalled_until_the_end():
+    g = torture.ProgressGaps(1, 0.0)
+    g.sample(0.01, [100])
+    for k in range(2, 50):
+        g.sample(k / 100, [100])
+    (gap,) = g.gaps()
+    assert gap.writer == 0 and gap.seconds == pytest.approx(0.48)
+
+
+def test_progress_gaps_are_in_the_report_and_the_json(tmp_path):
+    path = tmp_path / "t.json"
+    rc, out, err = cli("--writers", "2", "--mode", "pv", "--duration", "1", "--json",
+                       str(path))
+    assert rc == 0, out + err
+    summary = json.loads(path.read_text())["summary"]
+    total = summary["progress_gaps_total"]
+    assert isinstance(total, int) and len(summary["progress_gaps"]) == min(total, 20)
+    for gap in summary["progress_gaps"]:
+        assert gap["seconds"] > max(100 * gap["median_latency_s"], torture.GAP_SAMPLE_S)
+    line = re.search(r"^# progress gaps longer than 100x .*: (\d+)$", out, re.M)
+    assert (int(line.group(1)) if line else 0) == total

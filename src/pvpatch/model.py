@@ -577,12 +577,23 @@ def _search(start, successors, final, max_states, mutation=None) -> Result:
     return result
 
 
-def main() -> int:
+def main(argv=None) -> int:
     import argparse
     import json
+    import sys
     import time
 
-    ap = argparse.ArgumentParser(prog="python -m pvpatch.model", description=__doc__.split("\n")[0])
+    # --protocol lock: the lock-switching model (pvpatch.model_lock), with its own options.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol", choices=("batch", "lock"), default="batch")
+    p, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if p.protocol == "lock":
+        from . import model_lock
+        return model_lock.main(rest)
+
+    ap = argparse.ArgumentParser(prog="python -m pvpatch.model", description=__doc__.split("\n")[0],
+                                 epilog="--protocol lock: the lock-switching model "
+                                        "(python -m pvpatch.model --protocol lock --help)")
     ap.add_argument("--executors", type=int)
     ap.add_argument("--batches", type=int)
     ap.add_argument("--executions", type=int)
@@ -602,7 +613,7 @@ def main() -> int:
                     help="switch off one piece; options not given take the mutation's "
                          "configuration (MUTATION_CONFIG), then the defaults")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    a = ap.parse_args()
+    a = ap.parse_args(rest)
     cfg = dict(MUTATION_CONFIG.get(a.mutation, {}))
     for k in ("executors", "batches", "executions", "kind", "path", "signals",
               "patcher_signals", "sync_failures", "strict"):

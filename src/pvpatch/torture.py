@@ -160,6 +160,8 @@ class Result:
     success: bool
     reasons: list[str]
     auto_switches: list[dict] = field(default_factory=list)  # --mode auto: the hint switches
+    progress_gaps: list[dict] = field(default_factory=list)  # the longest ProgressGaps.gaps()
+    progress_gaps_total: int = 0
 
     def summary(self) -> dict:
         return {"total": self.total, "fail": self.fail, "switches": self.switches,
@@ -168,7 +170,8 @@ class Result:
                 "stuck_writers": self.stuck_writers, "rates": self.rates,
                 "ratios": self.ratios,
                 "lock_stats": self.lock_stats, "success": self.success, "reasons": self.reasons,
-                "auto_switches": self.auto_switches}
+                "auto_switches": self.auto_switches, "progress_gaps": self.progress_gaps,
+                "progress_gaps_total": self.progress_gaps_total}
 
     def as_json(self) -> dict:
         return {"schema": JSON_SCHEMA, "config": self.config,
@@ -296,6 +299,76 @@ class Watchdog(threading.Thread):
         self._stop.set()
 
 
+# ---- progress gaps ----------------------------------------------------------------------
+
+#: A writer's stretch without an acquisition is reported when it is longer than this many
+#: times its median acquire latency (issue 14: a 2-3 s stall of one writer that ended as a
+#: SUCCESS, the stall bound being 10 s).
+GAP_FACTOR = 100
+GAP_SAMPLE_S = 0.01   # how often the run loop samples the writers' counts
+
+
+@dataclass
+class ProgressGap:
+    writer: int
+    t0: float          # seconds since the start: its last acquisition seen before the gap
+    seconds: float     # at least this long without an acquisition
+    median_latency_s: float
+
+
+class ProgressGaps:
+    """Each writer's stretches without an acquisition, from its write count sampled every
+    GAP_SAMPLE_S.  A gap is bounded from below: between the last sample that saw the count
+    change and the last sample that saw it unchanged, the writer made no acquisition at all.
+    A writer's acquire latency is the time between samples over the acquisitions made in it
+    (its median over the run), so a gap is reported when it is longer than GAP_FACTOR times
+    that, and longer than one sampling period (shorter ones cannot be seen)."""
+
+    def __init__(self, writers: int, t0: float):
+        self.t0 = t0
+        self.prev_t = t0
+        self.count = [0] * writers
+        self.changed = [t0] * writers     # when its count was last seen to change
+        self.latency: list[list[float]] = [[] for _ in range(writers)]
+        self.spans: list[tuple[int, float, float]] = []   # (writer, from, to)
+
+    def sample(self, now: float, writes: list[int]) -> None:
+        for i, w in enumerate(writes[:len(self.count)]):
+            d = w - self.count[i]
+            if d > 0:
+                self.latency[i].append((now - self.prev_t) / d)
+                if self.prev_t - self.changed[i] > 0:
+                    self.spans.append((i, self.changed[i], self.prev_t))
+                self.count[i] = w
+                self.changed[i] = now
+        self.prev_t = now
+
+    def gaps(self) -> list[ProgressGap]:
+        """The gaps over the threshold, longest first (a writer still without progress at
+        the last sample counts up to it)."""
+        spans = self.spans + [(i, self.changed[i], self.prev_t) for i in range(len(self.count))
+                              if self.prev_t > self.changed[i]]
+        out = []
+        for i, a, b in spans:
+            lat = sorted(self.latency[i])
+            med = lat[len(lat) // 2] if lat else 0.0
+            if b - a > max(GAP_FACTOR * med, GAP_SAMPLE_S):
+                out.append(ProgressGap(i, round(a - self.t0, 3), round(b - a, 3), med))
+        return sorted(out, key=lambda g: -g.seconds)
+
+
+def report_gaps(gaps: list[dict], total: int, say: Callable[[str], None]) -> None:
+    """One line with the number of gaps, then the longest (at most 5)."""
+    if not gaps:
+        return
+    say(f"# progress gaps longer than {GAP_FACTOR}x the writer's median acquire latency: "
+        f"{total}")
+    for g in gaps[:5]:
+        say(f"#   writer {g['writer']}: no acquisition for {g['seconds']:.3f} s from "
+            f"t={g['t0']:.3f} s (median acquire latency "
+            f"{g['median_latency_s'] * 1e6:.2f} us)")
+
+
 class Torture:
     """One run.  `out` receives the report line by line (print by default)."""
 
@@ -414,6 +487,7 @@ class Torture:
                 # The worker thread appends each switch; the loop below reports them.
                 auto_handle = pvpatch.auto(c.hints_path, on_event=auto_events.append)
             dog.start()
+            gaps = ProgressGaps(c.writers, t0)
             end = t0 + c.duration
             next_stat = t0 + c.stat_interval
             next_rotate = t0 + c.toggle_every if len(configs) > 1 else float("inf")
@@ -426,6 +500,7 @@ class Torture:
             while not dog.stalled.is_set():
                 dog.beat()
                 now = time.monotonic()
+                gaps.sample(now, _core.torture_read(handle)[0])
                 if now >= end:
                     break
                 if c.mode == "auto":  # the variant is host hints' business: report changes
@@ -470,7 +545,7 @@ class Torture:
                         self._say(f"# switch incomplete: {err}")
                     seg_t0, seg_w0 = time.monotonic(), sum(_core.torture_read(handle)[0])
                     next_rotate = seg_t0 + c.toggle_every
-                time.sleep(max(0.0, min(next_stat, next_rotate, end, now + 0.05)
+                time.sleep(max(0.0, min(next_stat, next_rotate, end, now + GAP_SAMPLE_S)
                                - time.monotonic()))
             now = time.monotonic()
             writes, fails = _core.torture_read(handle)
@@ -524,13 +599,16 @@ class Torture:
         if not stop["joined"]:
             reasons.append(f"writer(s) {stop['stuck']} did not stop")
         switches = locks.switches()["completed"] - switches0
+        all_gaps = gaps.gaps()
         return Result(config=asdict(c) | {"configs": [config_name(x) for x in configs]},
                       intervals=intervals, segments=segments, switches=switches,
                       switch_failures=switch_failures, fail=fail, total=total,
                       lost_wakeups=stats["late_wakeups"], lost_updates=lost_updates,
                       stalled=stalled, stuck_writers=stop["stuck"], rates=rates, ratios=ratios,
                       lock_stats={k: v for k, v in stats.items() if v}, success=not reasons,
-                      reasons=reasons, auto_switches=[e.to_json() for e in auto_events])
+                      reasons=reasons, auto_switches=[e.to_json() for e in auto_events],
+                      progress_gaps=[asdict(g) for g in all_gaps[:20]],
+                      progress_gaps_total=len(all_gaps))
 
 
 def report(result: Result, say: Callable[[str], None], config: Config | None = None) -> None:
@@ -545,6 +623,7 @@ def report(result: Result, say: Callable[[str], None], config: Config | None = N
     if result.switches or result.switch_failures:
         say(f"# switches: {result.switches} completed, {len(result.switch_failures)} stopped "
             f"at hybrid")
+    report_gaps(result.progress_gaps, result.progress_gaps_total, say)
     for r in result.reasons:
         say(f"# FAILURE: {r}")
     tag = f"End of test: {'SUCCESS' if result.success else 'FAILURE'}"
