@@ -353,7 +353,7 @@ class ProgressGaps:
             lat = sorted(self.latency[i])
             med = lat[len(lat) // 2] if lat else 0.0
             if b - a > max(GAP_FACTOR * med, GAP_SAMPLE_S):
-                out.append(ProgressGap(i, round(a - self.t0, 3), round(b - a, 3), med))
+                out.append(ProgressGap(i, a - self.t0, b - a, med))
         return sorted(out, key=lambda g: -g.seconds)
 
 
