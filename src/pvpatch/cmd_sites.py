@@ -21,7 +21,8 @@ def site_rows() -> list[dict]:
             code = patcher.site_bytes(s)
             rows.append({"module": m.name, "section": s.section, "address": s.addr,
                          "length": s.length, "group": s.group, "op": s.op, "variant": variant,
-                         "kind": s.kinds.get(variant, "?"), "bytes": code.hex()})
+                         "kind": s.kinds.get(variant, "?"), "bytes": code.hex(),
+                         "gate": s.gate(variant) if s.section == "runtime" else ""})
     rows.sort(key=lambda r: r["address"])
     return rows
 
@@ -76,6 +77,8 @@ def run(args) -> int:
                 f"{r['group'] + '.' + r['op']:<16} {r['variant']:<8} {r['kind']:<7} {r['bytes']}")
         if args.disasm:
             line += f"  {r['disasm']}"
+        if r["gate"]:  # a feature-gated template, or one that could not be checked
+            line += f"  [{r['gate']}]"
         print(line)
     return 0
 

@@ -251,3 +251,39 @@ def current() -> dict[str, str]:
 
 def site_bytes(site: Site) -> bytes:
     return _read(site.addr, site.length)
+
+
+# ---- re-rendering (CPU feature gates) -------------------------------------------------------
+
+def rerender(effective: int) -> PatchEvent:
+    """Re-render every runtime site whose rendering depends on the CPU features (templates
+    gated with PVPATCH_IMPL_NEEDS_*) for the feature set `effective`, in one batch of the
+    ordinary protocol; then commit the new renderings of every variant.  No group changes
+    variant.  A refused batch raises and changes nothing (cpufeatures.py keeps its mask)."""
+    with _lock:
+        ev = PatchEvent(time.time(), {}, kind="features")
+        t0 = time.perf_counter()
+        plan = registry.plan_rerender(effective)
+        todo = [(s, ch[registry.groups[s.group].current])
+                for _, s, ch in plan if registry.groups[s.group].current in ch]
+        res = _apply([(array("Q", [s.addr for s, _ in todo]),
+                       array("Q", [s.alias for s, _ in todo]),
+                       bytes(s.length for s, _ in todo),
+                       b"".join(s.renderings[registry.groups[s.group].current].ljust(STRIDE, b"\0")
+                                for s, _ in todo),
+                       b"".join(code.ljust(STRIDE, b"\0") for s, (_, code) in todo))])
+        _account(ev, res)
+        # Commit: every variant's rendering (the current one is now in memory; the others are
+        # what the next runtime_patch writes).
+        for m, s, changed in plan:
+            for v, (kind, code) in changed.items():
+                s.kinds[v], s.renderings[v] = kind, code
+        for m in {id(m): m for m, _, _ in plan}.values():
+            m.build_tables()
+        registry.effective = effective
+        ev.duration_s = time.perf_counter() - t0
+        events.append(ev)
+        if res.get("late_sync_errno"):
+            e = res["late_sync_errno"]
+            raise syscall_error(OSError(e, os.strerror(e), "membarrier"))
+        return ev
