@@ -18,19 +18,19 @@ from .errors import RegistryError, SiteError
 
 STRIDE = 16  # bytes per site in the flat rendering buffers (a site is at most 15)
 
-# Templates that ship with pvpatch (its C core) and are accepted without a decoder: the suite
-# checks, with capstone, that these are exactly the core's templates and that each follows the
-# template ABI (tests/test_templates.py).  Safety is a property of the bytes alone, so the table
-# is keyed by them.  Any other template needs capstone (the extra pvpatch[disasm]) to be
+# Templates that ship with pvpatch (its C core) and are accepted without a decoder, with their
+# disassembly (capstone, AT&T syntax).  The suite checks, with capstone, that these are exactly
+# the core's templates and that each follows the template ABI (tests/test_templates.py).  Safety
+# is a property of the bytes alone, so the table is keyed by them.  Any other template needs capstone (the extra pvpatch[disasm]) to be
 # checked; without it, its sites render as calls to the implementation's function.
 SHIPPED_TEMPLATES = {
-    bytes.fromhex("b803100000"): "mov $0x1003,%eax",               # selftest.value, alt
-    bytes.fromhex("488d0437"): "lea (%rdi,%rsi,1),%rax",           # selftest.add, bench_call
-    bytes.fromhex("48b84444333322221111"): "movabs $0x1111222233334444,%rax",  # selftest.wide
-    bytes.fromhex("48830702"): "addq $0x2,(%rdi)",                 # selftest.mark, alt
-    bytes.fromhex("c60700"): "movb $0x0,(%rdi)",                   # lock.unlock, native
-    bytes.fromhex("f3480fb8c7"): "popcnt %rdi,%rax",               # bits.popcount
-    bytes.fromhex("f3480fbdc7"): "lzcnt %rdi,%rax",                # bits.clz
+    bytes.fromhex("b803100000"): "movl $0x1003, %eax",            # selftest.value, alt
+    bytes.fromhex("488d0437"): "leaq (%rdi, %rsi), %rax",           # selftest.add, bench_call
+    bytes.fromhex("48b84444333322221111"): "movabsq $0x1111222233334444, %rax",  # selftest.wide
+    bytes.fromhex("48830702"): "addq $2, (%rdi)",                   # selftest.mark, alt
+    bytes.fromhex("c60700"): "movb $0, (%rdi)",                     # lock.unlock, native
+    bytes.fromhex("f3480fb8c7"): "popcntq %rdi, %rax",              # bits.popcount
+    bytes.fromhex("f3480fbdc7"): "lzcntq %rdi, %rax",               # bits.clz
 }
 UNCHECKED = ("template not checked: capstone is not installed (pip install "
              "'pvpatch[disasm]'), so the site calls the function")
