@@ -145,20 +145,27 @@ for _i in range(8, 16):
 _STACK = "rsp"
 # Control flow capstone puts in no group, traps, and control state a call must preserve
 # (the SysV ABI: DF clear, the MXCSR and x87 control words as the caller left them).
-_FORBIDDEN_MNEMONICS = {
-    "ud0": "an undefined-instruction trap", "ud1": "an undefined-instruction trap",
-    "ud2": "an undefined-instruction trap", "int1": "a trap", "hlt": "privileged",
-    "in": "port I/O", "ins": "port I/O", "insb": "port I/O", "insw": "port I/O",
-    "insd": "port I/O", "out": "port I/O", "outs": "port I/O", "outsb": "port I/O",
-    "outsw": "port I/O", "outsd": "port I/O", "std": "sets the direction flag (the ABI "
-    "requires it clear)", "ldmxcsr": "writes the MXCSR", "vldmxcsr": "writes the MXCSR",
-    "fldcw": "writes the x87 control word", "fldenv": "writes the x87 environment",
-    "frstor": "writes the x87 state", "fxrstor": "writes the x87/SSE state",
-    "fxrstor64": "writes the x87/SSE state", "xrstor": "writes extended state",
-    "xrstor64": "writes extended state", "xrstors": "writes extended state",
-    "xrstors64": "writes extended state", "sysenter": "a system call", "sysexit": "privileged",
-    "sysret": "privileged", "syscall": "a system call", "wrfsbase": "writes the fs base",
-    "wrgsbase": "writes the gs base", "swapgs": "privileged",
+# By capstone instruction id (X86_INS_*), not by mnemonic: the syntaxes spell them differently.
+_FORBIDDEN_INSNS = {
+    "UD0": "an undefined-instruction trap", "UD1": "an undefined-instruction trap",
+    "UD2": "an undefined-instruction trap", "INT1": "a trap", "HLT": "privileged",
+    "IN": "port I/O", "INSB": "port I/O", "INSW": "port I/O", "INSD": "port I/O",
+    "OUT": "port I/O", "OUTSB": "port I/O", "OUTSW": "port I/O", "OUTSD": "port I/O",
+    "STD": "sets the direction flag (the ABI requires it clear)",
+    "LDMXCSR": "writes the MXCSR", "VLDMXCSR": "writes the MXCSR",
+    "FLDCW": "writes the x87 control word", "FLDENV": "writes the x87 environment",
+    "FRSTOR": "writes the x87 state", "FXRSTOR": "writes the x87/SSE state",
+    "FXRSTOR64": "writes the x87/SSE state", "XRSTOR": "writes extended state",
+    "XRSTOR64": "writes extended state", "XRSTORS": "writes extended state",
+    "XRSTORS64": "writes extended state", "SYSENTER": "a system call",
+    "SYSCALL": "a system call", "SYSEXIT": "privileged", "SYSRET": "privileged",
+    "WRFSBASE": "writes the fs base", "WRGSBASE": "writes the gs base", "SWAPGS": "privileged",
+    "PUSH": "uses the stack or rsp", "POP": "uses the stack or rsp",
+    "PUSHF": "uses the stack or rsp", "POPF": "uses the stack or rsp",
+    "PUSHFQ": "uses the stack or rsp", "POPFQ": "uses the stack or rsp",
+    "ENTER": "uses the stack or rsp", "LEAVE": "uses the stack or rsp",
+    "XBEGIN": "control flow (a transaction)", "XEND": "control flow (a transaction)",
+    "XABORT": "control flow (a transaction)", "MONITOR": "privileged", "MWAIT": "privileged",
 }
 _FORBIDDEN_GROUPS = {"jump": "control flow (a jump)", "call": "control flow (a call)",
                      "ret": "control flow (a return)", "int": "control flow (a trap or "
@@ -167,6 +174,7 @@ _FORBIDDEN_GROUPS = {"jump": "control flow (a jump)", "call": "control flow (a c
                      "privilege": "privileged"}
 
 _decoder = None
+_forbidden_ids: dict[int, str] = {}
 
 
 def template_decoder():
@@ -179,6 +187,11 @@ def template_decoder():
             return None
         md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         md.detail = True
+        md.syntax = capstone.CS_OPT_SYNTAX_ATT  # as `pvpatch sites --disasm` prints
+        from capstone import x86_const
+        _forbidden_ids.update({getattr(x86_const, f"X86_INS_{n}"): why
+                               for n, why in _FORBIDDEN_INSNS.items()
+                               if hasattr(x86_const, f"X86_INS_{n}")})
         _decoder = md
     return _decoder
 
@@ -208,9 +221,8 @@ def check_template(code: bytes) -> str:
             raise TemplateError(f"{len(insns)} instructions ({listing}), not one")
         raise TemplateError(f"{code[first.size:].hex()} after {asm!r} is not a whole "
                             f"instruction (decoded length {first.size} of {len(code)} bytes)")
-    mnem = first.mnemonic.split()[-1]  # without a rep/lock prefix word
-    if mnem in _FORBIDDEN_MNEMONICS:
-        raise TemplateError(f"{asm!r}: {_FORBIDDEN_MNEMONICS[mnem]}")
+    if first.id in _forbidden_ids:
+        raise TemplateError(f"{asm!r}: {_forbidden_ids[first.id]}")
     for g in first.groups:
         name = first.group_name(g)
         if name in _FORBIDDEN_GROUPS:
@@ -221,7 +233,7 @@ def check_template(code: bytes) -> str:
     if "rip" in read or "rip" in written:
         raise TemplateError(f"{asm!r}: RIP-relative (a template runs out of line from a slot "
                             f"too: it must be position-independent)")
-    if _STACK in read or _STACK in written or mnem in ("push", "pop", "enter", "leave"):
+    if _STACK in read or _STACK in written:
         raise TemplateError(f"{asm!r}: uses the stack or rsp")
     bad = sorted(written - TEMPLATE_WRITABLE)
     if bad:
