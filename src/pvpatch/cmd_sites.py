@@ -87,7 +87,8 @@ def register(sub) -> None:
     p = sub.add_parser("sites", help="list every patchable site and its current rendering",
                        description="Every site of every registered module: module, section "
                                    "(runtime or boot), address, length, group.op, current "
-                                   "variant and current bytes.")
+                                   "variant and current bytes; in brackets, a CPU-feature gate "
+                                   "of the site's template, or why its template is not used.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--disasm", action="store_true", help="disassemble each site (capstone)")
     p.add_argument("--footprint", action="store_true",
