@@ -10,6 +10,7 @@ from setuptools.command.build_ext import build_ext
 CORE_SOURCES = [
     "src/pvpatch/_core/module.c",
     "src/pvpatch/_core/poke.c",
+    "src/pvpatch/_core/writer.c",
     "src/pvpatch/_core/selftest_sites.c",
     "src/pvpatch/_core/selftest.c",
     "src/pvpatch/_core/cpuid.c",
@@ -19,6 +20,7 @@ CORE_SOURCES = [
     "src/pvpatch/_core/bench_call.c",
     "src/pvpatch/_core/traptest.c",
     "src/pvpatch/_core/masks.c",
+    "src/pvpatch/_core/forktest.c",
     "src/pvpatch/_core/bits_sites.c",
 ]
 # Every header any source may include: an edited header rebuilds the core instead of leaving a

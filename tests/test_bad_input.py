@@ -20,7 +20,7 @@ def unchanged(g, before):
 
 
 def register(g):
-    return pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
+    return pvpatch.register_desc(g.desc, text=g.text)
 
 
 def replace_record(g, i, **changes):
@@ -47,7 +47,7 @@ def test_length_too_short():
 def test_bytes_not_what_the_record_says():
     g, before = fresh()
     site = g.desc.runtime[3].addr
-    ctypes.memmove(site + g.alias_delta, b"\x90", 1)  # one byte off
+    _core.write_code(site, b"\x90")  # one byte off
     with pytest.raises(pvpatch.SiteError, match=r"runtime\[3\].*not the default"):
         register(g)
     before[site] = b"\x90" + before[site][1:]
@@ -82,14 +82,14 @@ def test_batch_refused_on_one_mismatching_byte_writes_nothing():
     register(g)
     victim = g.desc.runtime[123]
     good = _core.read(victim.addr, victim.length)
-    ctypes.memmove(victim.addr + g.alias_delta + 5, bytes([good[5] ^ 0xFF]), 1)
+    _core.write_code(victim.addr + 5, bytes([good[5] ^ 0xFF]))
     snapshot = [_core.read(r.addr, r.length) for r in g.desc.runtime]
     with pytest.raises(pvpatch.BatchRefused, match=r"runtime\[123\].*not the expected old "
                                                    r"bytes.*Nothing was written"):
         pvpatch.runtime_patch({"refuse": "pv"})
     assert [_core.read(r.addr, r.length) for r in g.desc.runtime] == snapshot
     assert pvpatch.registry.group("refuse").current == "native"
-    ctypes.memmove(victim.addr + g.alias_delta + 5, good[5:6], 1)  # repair: now it goes
+    _core.write_code(victim.addr + 5, good[5:6])  # repair: now it goes
     pvpatch.runtime_patch({"refuse": "pv"})
     assert g.call(123) == 0x1002
 
@@ -107,10 +107,10 @@ def test_refused_registration_leaves_nothing_behind(monkeypatch):
     g, before = fresh(n=3, group="refusedreg")
     real = _core.apply_batch
 
-    def one_wrong_old_byte(addrs, aliases, lens, old, new, *rest):
+    def one_wrong_old_byte(addrs, lens, old, new, *rest):
         old = bytearray(old)
         old[16 * (len(lens) - 1) + 2] ^= 0xFF
-        return real(addrs, aliases, lens, bytes(old), new, *rest)
+        return real(addrs, lens, bytes(old), new, *rest)
 
     monkeypatch.setattr(_core, "apply_batch", one_wrong_old_byte)
     with pytest.raises(pvpatch.BatchRefused, match="not the expected old bytes"):

@@ -46,39 +46,36 @@ def _wake(path) -> None:
 
 
 def test_refused_switch_is_retried_until_it_succeeds(page, selftest_native):
-    """A thread that blocks SIGTRAP makes runtime_patch refuse (for real).  The agent retries
-    with backoff while the hints stay the same, each retry an event, and switches as soon as
-    the thread is gone."""
+    """A foreign int3 in a site (a debugger's breakpoint) makes runtime_patch refuse (for real).
+    The agent retries with backoff while the hints stay the same, each retry an event, and
+    switches as soon as the int3 is gone."""
+    from pvpatch import _core
     page.publish(0, M, abi.REASON_RUNNABLE)
     handle = auto(page.path, groups=SELFTEST, min_dwell_s=0, metrics_textfile=None)
-    blocked, release = threading.Event(), threading.Event()
-
-    def blocker():
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTRAP])
-        blocked.set()
-        release.wait(30)
-    t = threading.Thread(target=blocker, name="blocks-sigtrap")
+    site = pvpatch.registry.sites("selftest")[0]
+    first = b""
     try:
         wait_until(lambda: handle.in_force == {"selftest": "pv"}, 10, "pv")
-        t.start()
-        blocked.wait(10)
+        first = _core.read(site.addr, 1)
+        _core.write_code(site.addr, b"\xcc")  # no thread runs this site meanwhile
         n0 = len(handle.events)
         page.publish(abi.HINT_REALTIME, M, abi.REASON_SIMULATED)  # one publication, no more
         wait_until(lambda: len([e for e in handle.events[n0:] if not e.ok]) >= 3, 15,
                    "three refused attempts")
         assert pvpatch.current()["selftest"] == "pv" and not handle.settled
-        release.set()
-        t.join(10)
+        _core.write_code(site.addr, first)
+        first = b""
         wait_until(lambda: handle.in_force == {"selftest": "native"}, 15, "the retry succeeding")
         evs = handle.events[n0:]
         assert [e.ok for e in evs][-1] and not any(e.ok for e in evs[:-1])
         assert [e.attempt for e in evs] == list(range(1, len(evs) + 1))  # each retry visible
-        assert all("SIGTRAP" in e.error for e in evs[:-1])
+        assert all("not the expected old bytes" in e.error for e in evs[:-1])
         assert len({e.generation for e in evs}) == 1  # the hints never changed meanwhile
         assert handle.worker.retries == len(evs) - 1 and handle.settled
         assert pvpatch.current()["selftest"] == "native"
     finally:
-        release.set()
+        if first:
+            _core.write_code(site.addr, first)
         handle.stop()
 
 

@@ -16,8 +16,9 @@ from pvpatch import _core, patcher, wx
 
 def test_patcher_traps_on_its_own_int3_and_completes_the_site(selftest_native):
     # native -> alt: the hook's site goes from a call to alt's inline template, which takes the
-    # int3 protocol (a call -> call switch would be an atomic flip with no int3 to trap on).
-    ev = pvpatch.runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
+    # int3 protocol on every writer path (a call -> call switch can be an atomic flip with no
+    # int3 to trap on).
+    ev = patcher._runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
     assert ev.traps_on_patcher == 1 and ev.traps == 1
     assert _core.selftest_call(0) == 0x1003
 
@@ -31,15 +32,15 @@ def test_foreign_sigtrap_reaches_its_own_handler(selftest_native):
         signal.raise_signal(signal.SIGTRAP)
         assert seen == [signal.SIGTRAP]
         # 2. An int3 that is not at a site: code `int3; mov $42,%eax; ret`.
-        exe, alias = _core.map_code(4096, "foreign-int3")
-        ctypes.memmove(alias, bytes.fromhex("ccb82a000000c3"), 7)
+        exe = _core.map_code(4096, "foreign-int3")
+        _core.write_code(exe, bytes.fromhex("ccb82a000000c3"))
         assert ctypes.CFUNCTYPE(ctypes.c_long)(exe)() == 42
         for _ in range(100):  # Python runs its handler at the next bytecode boundary
             if len(seen) == 2:
                 break
         assert seen == [signal.SIGTRAP, signal.SIGTRAP]
         assert _core.selftest_call(0) == 0x1002  # and ours still works
-        pvpatch.runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
+        patcher._runtime_patch({"selftest": "alt"}, hook=_core.selftest_hook())
         assert _core.selftest_call(0) == 0x1003
         assert len(seen) == 2  # our own trap did not reach the foreign handler
     finally:
@@ -51,8 +52,8 @@ def test_no_writable_and_executable_mapping_during_a_long_patch_loop(selftest_na
     sampler.start()
     try:
         for i in range(3000):
-            pvpatch.runtime_patch({"selftest": ("pv", "alt", "native")[i % 3]},
-                                  hook=_core.selftest_hook() if i % 10 == 0 else 0)
+            patcher._runtime_patch({"selftest": ("pv", "alt", "native")[i % 3]},
+                                   hook=_core.selftest_hook() if i % 10 == 0 else 0)
     finally:
         samples, bad = sampler.stop()
     assert samples > 50
@@ -86,14 +87,23 @@ def test_selftest_levels(level):
     assert (res["handler_lock_taken"] > 0) == (level >= 2)
 
 
-def test_bench_patch_reports_three_syncs_per_batch():
+@pytest.mark.parametrize("writer", ["alias", "proc-mem"])
+def test_bench_patch_reports_three_syncs_per_batch(writer):
     out = subprocess.run([sys.executable, "-m", "pvpatch.cli", "bench", "patch", "--repeat",
-                          "3", "--json"], capture_output=True, text=True, timeout=120)
+                          "3", "--json"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PVPATCH_WRITER=writer))
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)["patch"]["rows"]
-    assert [r["sites"] for r in rows] == [10, 100, 1000, 10000]
-    # 3 for every batch that writes int3; 1 only for a batch made entirely of atomic call flips
-    assert all(3 in r["syncs_per_batch"] and set(r["syncs_per_batch"]) <= {1, 3} for r in rows)
+    res = json.loads(out.stdout)["patch"]
+    rows = res["rows"]
+    assert res["writer"] == writer and [r["sites"] for r in rows] == [10, 100, 1000, 10000]
+    if writer == "alias":
+        # 3 for every batch that writes int3; 1 only for a batch made entirely of atomic call
+        # flips
+        assert all(3 in r["syncs_per_batch"] and set(r["syncs_per_batch"]) <= {1, 3}
+                   for r in rows)
+    else:
+        # No atomic flip through /proc/self/mem: every batch takes the int3 protocol.
+        assert all(r["syncs_per_batch"] == [3] for r in rows), rows
 
 
 def test_concurrent_callers_are_serialised(selftest_native):

@@ -39,10 +39,12 @@ PRELUDE = textwrap.dedent("""
 """)
 
 
-def run_child(body: str, timeout: float = 120, prefix: str = "") -> dict:
-    """Run PRELUDE + prefix + body in a fresh interpreter; it prints one JSON line last."""
+def run_child(body: str, timeout: float = 120, prefix: str = "", writer: str = "") -> dict:
+    """Run PRELUDE + prefix + body in a fresh interpreter (with PVPATCH_WRITER=writer when
+    given); it prints one JSON line last."""
+    env = dict(os.environ, PVPATCH_WRITER=writer) if writer else None
     proc = subprocess.run([sys.executable, "-c", PRELUDE + prefix + textwrap.dedent(body)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
                else f"exit {proc.returncode}")
@@ -89,12 +91,15 @@ def test_first_trap_in_a_handler_that_interrupted_malloc():
     assert res["failures"] == 0 and res["handler_calls"] > 100 and res["created_after"]
 
 
-def test_thread_blocking_all_signals_around_call_sites_survives():
-    # A thread that blocks every signal around the sites it runs.  Call -> call switches of
-    # sites whose rel32 lies in one aligned 8-byte word take no int3 at all: one store each.
+@pytest.mark.parametrize("writer", ["alias", "proc-mem"])
+def test_thread_blocking_all_signals_around_call_sites_survives(writer):
+    # A thread that blocks every signal around the sites it runs.  Alias writer: call -> call
+    # switches of sites whose rel32 lies in one aligned 8-byte word take no int3 at all, one
+    # store each.  proc-mem writer (no single 8-byte store): every switch takes the int3
+    # protocol, and the thread survives its traps because SIGTRAP stays unblocked (masks.c).
     res = run_child("""
         g = gen.generate(16, length=8, group="blockall")
-        pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
+        pvpatch.register_desc(g.desc, text=g.text)
         _core.trapx_start([(f, 0) for f in g.functions], 2, X_LOOP | X_BLOCKALL, 0.0)
         traps0 = _core.trap_counters()["traps"]
         syncs, flips = set(), 0
@@ -105,10 +110,16 @@ def test_thread_blocking_all_signals_around_call_sites_survives():
         st["traps"] = _core.trap_counters()["traps"] - traps0
         st["syncs"] = sorted(syncs)
         st["flips"] = _core.trap_counters()["atomic_flips"]
+        st["atomic_store"] = _core.writer_status()["atomic_store"]
         print(json.dumps(st))
-    """)
+    """, writer=writer)
     assert res["hung"] == 0 and res["failures"] == 0 and res["passes"] > 0, res
-    assert res["traps"] == 0 and res["syncs"] == [1] and res["flips"] >= 3000 * 16
+    if writer == "alias":
+        assert res["atomic_store"], res
+        assert res["traps"] == 0 and res["syncs"] == [1] and res["flips"] >= 3000 * 16, res
+    else:
+        assert not res["atomic_store"], res
+        assert res["flips"] == 0 and res["syncs"] == [3] and res["traps"] > 0, res
 
 
 def test_thread_blocking_all_signals_around_trapping_sites_survives():
@@ -140,19 +151,29 @@ def test_masks_set_through_python_and_sigaction_keep_sigtrap_deliverable():
         sg.pthread_sigmask(sg.SIG_SETMASK, old)
 
 
-def test_unaligned_call_flips_still_take_the_int3_protocol(selftest_native):
-    g = gen.generate(4, length=6, group="unaligned6")  # rel32 at function + 6: crosses a word
-    pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
-    ev = pvpatch.runtime_patch({"unaligned6": "pv"})
-    assert ev.syncs == 3 and ev.sites == 4
-    assert all(g.call(i) == 0x1002 for i in range(4))
-    g8 = gen.generate(4, length=8, group="aligned8")
-    pvpatch.register_desc(g8.desc, text=g8.text, alias_delta=g8.alias_delta)
-    ev = pvpatch.runtime_patch({"aligned8": "pv"})
-    assert ev.syncs == 1 and ev.sites == 4
-    assert all(g8.call(i) == 0x1002 for i in range(4))
-    ev = pvpatch.runtime_patch({"aligned8": "alt"})  # call -> inline: int3 again
-    assert ev.syncs == 3 and all(g8.call(i) == 0x1003 for i in range(4))
+@pytest.mark.parametrize("writer", ["alias", "proc-mem"])
+def test_unaligned_call_flips_still_take_the_int3_protocol(writer):
+    res = run_child("""
+        out = {"atomic_store": _core.writer_status()["atomic_store"]}
+        g = gen.generate(4, length=6, group="unaligned6")  # rel32 at function + 6: a word apart
+        pvpatch.register_desc(g.desc, text=g.text)
+        ev = pvpatch.runtime_patch({"unaligned6": "pv"})
+        out["unaligned"] = [ev.syncs, ev.sites, all(g.call(i) == 0x1002 for i in range(4))]
+        g8 = gen.generate(4, length=8, group="aligned8")
+        pvpatch.register_desc(g8.desc, text=g8.text)
+        flips0 = _core.trap_counters()["atomic_flips"]
+        ev = pvpatch.runtime_patch({"aligned8": "pv"})
+        out["aligned"] = [ev.syncs, ev.sites, all(g8.call(i) == 0x1002 for i in range(4)),
+                          _core.trap_counters()["atomic_flips"] - flips0]
+        ev = pvpatch.runtime_patch({"aligned8": "alt"})  # call -> inline: int3 again
+        out["inline"] = [ev.syncs, all(g8.call(i) == 0x1003 for i in range(4))]
+        print(json.dumps(out))
+    """, writer=writer)
+    assert res["atomic_store"] == (writer == "alias"), res
+    assert res["unaligned"] == [3, 4, True] and res["inline"] == [3, True], res
+    # An aligned call -> call flip is one store and one sync only where the writer's 8-byte
+    # write is one store; through /proc/self/mem it takes the int3 protocol.
+    assert res["aligned"] == ([1, 4, True, 4] if writer == "alias" else [3, 4, True, 0]), res
 
 
 def test_faulthandler_watchdog_blocks_every_signal_and_refuses_nothing():
@@ -290,7 +311,7 @@ SECCOMP = textwrap.dedent("""
     HOOK_ADDR = ctypes.cast(HOOK, ctypes.c_void_p).value
     t = pvpatch.core_module.tables["selftest"]
     def batch(frm, to, step):
-        return _core.apply_batch(t.addrs.tobytes(), t.aliases.tobytes(), t.lens,
+        return _core.apply_batch(t.addrs.tobytes(), t.lens,
                                  t.by_variant[frm], t.by_variant[to], HOOK_ADDR, step)
     def results():
         return [_core.selftest_call(i, 1, 2) for i in range(11)]
@@ -318,7 +339,7 @@ def test_failed_membarrier_leaves_whole_old_sites(step):
         out["tails_old"] = tails_old
         # The next batch cannot restore without a sync either: it says so, changes nothing.
         try:
-            _core.apply_batch(t.addrs.tobytes(), t.aliases.tobytes(), t.lens,
+            _core.apply_batch(t.addrs.tobytes(), t.lens,
                               t.by_variant["native"], t.by_variant["pv"])
             out["next"] = None
         except OSError as exc:
@@ -411,7 +432,7 @@ def test_sigtrap_handler_installed_later_is_chained_not_installed():
         seen = []
         signal.signal(signal.SIGTRAP, lambda s, f: seen.append(s))
         t = pvpatch.core_module.tables["selftest"]
-        r = _core.apply_batch(t.addrs.tobytes(), t.aliases.tobytes(), t.lens,
+        r = _core.apply_batch(t.addrs.tobytes(), t.lens,
                               t.by_variant["native"], t.by_variant["alt"], _core.selftest_hook())
         ok = _core.selftest_call(0) == 0x1003   # call -> inline: the int3 protocol
         signal.raise_signal(signal.SIGTRAP)          # not pvpatch's: Python's handler
@@ -533,7 +554,7 @@ def test_chained_handler_gets_its_sa_mask(helper_lib, selftest_native):
     prev = signal.getsignal(signal.SIGTRAP)
     try:
         assert lib.install_trap_handler_masking_usr1() == 0  # recorded as the chained handler
-        pvpatch.runtime_patch({"selftest": "native"}, hook=_core.selftest_hook())
+        patcher._runtime_patch({"selftest": "native"}, hook=_core.selftest_hook())
         assert lib.seen_and_usr1_blocked() == 0              # our own trap did not reach it
         signal.raise_signal(signal.SIGTRAP)                  # a foreign one does, masked
         assert lib.seen_and_usr1_blocked() == 11

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 
 from . import _core
-from .errors import (BatchRefused, ElfError, PvpatchError, RegistryError, SiteError,
-                     SyscallError)
+from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
+                     SiteError, SyscallError)
 from .cpufeatures import features, mask_features, unmask_features
 from .patcher import (current, events, register_desc, register_module, registry,
                       runtime_patch, set_transition)
@@ -45,7 +45,7 @@ def auto(hints_path: str | None = None, **kwargs):
     return _auto(hints_path, **kwargs)
 
 
-__all__ = ["auto", "BatchRefused", "ElfError", "PvpatchError", "RegistryError", "SiteError",
-           "SyscallError", "current", "events", "features", "get_include", "mask_features",
-           "register_desc", "register_module", "registry", "runtime_patch", "set_transition",
-           "unmask_features", "core_module"]
+__all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
+           "SiteError", "SyscallError", "current", "events", "features", "get_include",
+           "mask_features", "register_desc", "register_module", "registry", "runtime_patch",
+           "set_transition", "unmask_features", "core_module"]

@@ -42,13 +42,14 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
     if threads < 0:
         raise ValueError(f"threads must be >= 0, not {threads}")
     loads = [("alone", 0, 0)] + ([("idle", 0, threads), ("busy", threads, 0)] if threads else [])
-    res = {"suite": "patch", "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
-           "threads": threads, "rows": []}
+    # The writer path decides the syncs of a call -> call batch (docs/protocol.md).
+    res = {"suite": "patch", "writer": _core.writer_status()["path"], "cpus": os.cpu_count(),
+           "loadavg": list(os.getloadavg()), "threads": threads, "rows": []}
     for n in sizes:
         group = f"bench{n}"
         if group not in pvpatch.registry.groups:
             g = gen.generate(n, length=6, group=group)
-            pvpatch.register_desc(g.desc, text=g.text, alias_delta=g.alias_delta)
+            pvpatch.register_desc(g.desc, text=g.text)
             _GENERATED[group] = g
         for load, busy, idle in loads:
             fns = _GENERATED[group].functions if busy else []
@@ -85,7 +86,7 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
 
 
 def format_patch(res: dict) -> str:
-    out = []
+    out = [f"writer: {res.get('writer', '?')}"]
     if "cpus" in res:
         out.append(f"{res['cpus']} CPUs, load average {res['loadavg'][0]:.2f} at start, "
                    f"{res['loadavg_after'][0]:.2f} at end")

@@ -92,6 +92,7 @@ def _set_mask(mask: int):
     changes only if the batch is applied (a refused batch changes nothing)."""
     global _masked
     from . import patcher
+    patcher._check_not_reentered("mask_features/unmask_features")
     with patcher._lock:
         try:
             return patcher.rerender(_detected & ~mask)

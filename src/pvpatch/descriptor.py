@@ -76,7 +76,7 @@ class OpDesc:
     name: str
     slot: int               # where default sites read the op's function
     impls: list[Impl]
-    slot_alias: int = 0     # where to write the slot, when its page is not writable (0: slot)
+    slot_in_code: bool = False  # the slot lives in a code range: written with _core.write_code
 
 
 @dataclass

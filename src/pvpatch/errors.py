@@ -39,6 +39,10 @@ class SiteError(PvpatchError, ValueError):
         self.problem = problem
 
 
+class ArgumentError(PvpatchError, TypeError):
+    """An API argument of the wrong type; the message names it and what was expected."""
+
+
 class BatchRefused(PvpatchError):
     """A batch was refused before anything was written."""
 

@@ -1,9 +1,9 @@
 """Generated code with patchable sites: any number of sites, for benchmarks and for tests that
 need sites of a chosen shape (including broken ones).
 
-The code lives in a memfd mapped r-x (near the C core, so that rel32 calls reach the selftest
-implementations) with an rw- alias; the op slots sit in the same memfd.  Each site is the body of
-a small function:
+The code lives in a code range of the writer (_core.map_code: r-x, near the C core, so that
+rel32 calls reach the selftest implementations), written with _core.write_code; the op slots sit
+in its first page.  Each site is the body of a small function:
 
     sub  $8, %rsp          ; the ABI's 16-byte alignment at the call
     <site>                 ; default: NOPs, call *slot(%rip)
@@ -29,7 +29,6 @@ _counter = 0
 class Generated:
     desc: ModuleDesc
     text: tuple[int, int]
-    alias_delta: int
     functions: list[int]   # address of the function around site i
 
     def call(self, i: int, a: int = 0, b: int = 0) -> int:
@@ -49,7 +48,7 @@ def _selftest_value_group(name: str) -> GroupDesc:
 def generate(n_sites: int, *, length: int = 6, group: str = "bench",
              name: str | None = None) -> Generated:
     """Make `n_sites` functions, each with one `group.value` site of `length` bytes, written in
-    the default rendering and not yet registered (pass .desc, .text and .alias_delta to
+    the default rendering and not yet registered (pass .desc and .text to
     pvpatch.register_desc)."""
     global _counter
     _counter += 1
@@ -61,13 +60,11 @@ def generate(n_sites: int, *, length: int = 6, group: str = "bench",
     size = (code_size + PAGE - 1) & ~(PAGE - 1)
     near = _core.text_segment(g.ops[0].impls[0].fn)[0]
     try:
-        exec_base, alias_base = _core.map_code(size, f"pvpatch-gen:{name}", near)
+        exec_base = _core.map_code(size, f"pvpatch-gen:{name}", near)
     except OSError as exc:
         raise syscall_error(exc) from None
-    delta = alias_base - exec_base
     slot = exec_base  # first page: slots
-    ctypes.c_void_p.from_address(alias_base).value = g.ops[0].impls[g.native].fn
-    g.ops[0].slot, g.ops[0].slot_alias = slot, alias_base
+    g.ops[0].slot, g.ops[0].slot_in_code = slot, True
     buf = bytearray(size - PAGE)
     records, functions = [], []
     for i in range(n_sites):
@@ -78,6 +75,10 @@ def generate(n_sites: int, *, length: int = 6, group: str = "bench",
         buf[off:off + fn_size] = code.ljust(fn_size, b"\xcc")  # int3 between functions
         records.append(SiteRecord("runtime", i, 0, site, length, 0, 0, 0))
         functions.append(f)
-    ctypes.memmove(alias_base + PAGE, bytes(buf), len(buf))
+    try:
+        _core.write_code(slot, g.ops[0].impls[g.native].fn.to_bytes(8, "little"))
+        _core.write_code(exec_base + PAGE, bytes(buf))
+    except OSError as exc:
+        raise syscall_error(exc) from None
     desc = ModuleDesc(name, 0, [g], records, [], {"runtime": 8 * n_sites, "boot": 0})
-    return Generated(desc, (exec_base, exec_base + size), delta, functions)
+    return Generated(desc, (exec_base, exec_base + size), functions)

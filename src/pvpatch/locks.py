@@ -18,14 +18,17 @@ pv -> native
 
 The mode word, not the variant, is what lets a waiter sleep on the lock word, so a batch that
 bypasses this protocol can cost throughput but not a wake-up, as long as the mode is not PV.
+So the mode becomes PV only after the unlock sites' bytes are read and found kicking: not the
+record of the variant, the code itself (an exception or a stray batch cannot make them differ).
 """
 from __future__ import annotations
 
+import os
 import threading
 
 from . import _core
 from .errors import PvpatchError
-from .patcher import set_transition
+from .patcher import registry, set_transition, site_bytes
 
 GROUP = "lock"
 MODES: dict[str, int] = _core.lock_modes()  # {"native": 0, "hybrid": 1, "pv": 2}
@@ -38,6 +41,18 @@ grace_timeout = 2.0
 
 _stats_lock = threading.Lock()
 _switches = {"completed": 0, "incomplete": 0}
+
+
+def _after_fork_in_child() -> None:
+    global _stats_lock
+    _stats_lock = threading.Lock()  # its holder, if any, is not in the child
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class UnlockSitesNotKicking(PvpatchError):
+    """The mode was about to become PV while an unlock site does not kick."""
 
 
 class LockSwitchIncomplete(PvpatchError):
@@ -69,12 +84,30 @@ def _count(key: str) -> None:
         _switches[key] += 1
 
 
+def _check_unlocks_kick() -> None:
+    """Every unlock site holds a kicking rendering (pv's, which hybrid shares), read from the
+    code.  Called right before the mode becomes PV; runtime_patch refuses re-entry, so no
+    batch of this group runs between this check and the mode store."""
+    for s in registry.sites(GROUP):
+        kicking = (s.renderings["pv"], s.renderings["hybrid"])
+        if s.op == "unlock" and site_bytes(s) not in kicking:
+            raise UnlockSitesNotKicking(
+                f"lock -> pv: unlock site {s.name} holds {site_bytes(s).hex()}, not the kicking "
+                f"{s.renderings['pv'].hex()}; the mode stays {mode()} (a PV head could sleep "
+                f"and never be woken)")
+
+
 def transition(current: str, target: str, apply) -> None:
     """Move the lock group from `current` to `target`; runtime_patch calls this (with its
     lock held) and `apply(variant)` applies one plain batch.  Raises LockSwitchIncomplete,
-    with the group at hybrid, when the grace period does not end in time."""
+    with the group at hybrid, when the grace period does not end in time.  Called also when
+    current == target: then it only finishes a switch an exception interrupted (the mode word
+    lagging behind the code)."""
+    if current == target and mode() == target:
+        return
     if target == "pv":
         apply("hybrid")                           # 1
+        _check_unlocks_kick()
         _core.lock_set_mode(MODES["pv"])          # 2 (after step 1's final sync)
         apply("pv")                               # 3
     elif target == "native":

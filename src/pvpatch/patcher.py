@@ -2,6 +2,12 @@
 
 The batch itself is applied by the C core (_core.apply_batch, see src/pvpatch/_core/poke.c and
 docs/protocol.md); this module decides what goes into it.
+
+The commit rule: a group's recorded variant is never trusted on its own.  It is checked against
+the bytes of the group's sites (one C call) whenever it is read or used, and re-derived from them
+when they disagree, so a Python exception at any point of runtime_patch -- KeyboardInterrupt, a
+signal handler that raises -- can leave the record stale for a moment but never wrong where it
+matters.  Each batch is all or nothing in C, with no Python code inside it.
 """
 from __future__ import annotations
 
@@ -11,17 +17,17 @@ import threading
 import time
 from array import array
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import _core
 from .descriptor import ModuleDesc, capsule_address, read_module
-from .errors import BatchRefused, PvpatchError, RegistryError, syscall_error
+from .errors import ArgumentError, BatchRefused, PvpatchError, RegistryError, syscall_error
 from .registry import STRIDE, Module, Registry, Site
 
 registry = Registry()
 _lock = threading.RLock()          # serialises registration and runtime_patch
-_remapped: dict[int, int] = {}      # text start -> alias delta
 events: deque = deque(maxlen=1000)  # PatchEvent, newest last
 _transitions: dict[str, Callable] = {}
 
@@ -53,13 +59,12 @@ def _read(addr: int, n: int) -> bytes:
     return _core.read(addr, n)
 
 
-def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 0) -> dict:
-    """Apply one batch made of flat (addrs, aliases, lens, old, new) pieces."""
-    addrs, aliases = array("Q"), array("Q")
+def _apply(entries: list[tuple[array, bytes, bytes, bytes]], hook: int = 0) -> dict:
+    """Apply one batch made of flat (addrs, lens, old, new) pieces."""
+    addrs = array("Q")
     lens, old, new = bytearray(), bytearray(), bytearray()
-    for a, al, ln, o, n in entries:
+    for a, ln, o, n in entries:
         addrs.extend(a)
-        aliases.extend(al)
         lens += ln
         old += o
         new += n
@@ -71,8 +76,7 @@ def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 
     # another thread (docs/protocol.md, "SIGTRAP blocked").
     try:
         _core.install_trap_handler()
-        res = _core.apply_batch(addrs.tobytes(), aliases.tobytes(), bytes(lens), bytes(old),
-                                bytes(new), hook)
+        res = _core.apply_batch(addrs.tobytes(), bytes(lens), bytes(old), bytes(new), hook)
     except ValueError as exc:
         reason, addr = exc.args if len(exc.args) == 2 else (str(exc), -1)
         site = registry.site_at(addr)
@@ -84,37 +88,75 @@ def _apply(entries: list[tuple[array, array, bytes, bytes, bytes]], hook: int = 
 
 
 def _set_slots(group: str, variant: str) -> None:
-    """Point every op slot of `group` at `variant`'s implementation, in every module."""
+    """Point every op slot of `group` at `variant`'s implementation, in every module (each
+    written only if it does not hold that already: this is also how a stale slot is repaired)."""
     for m in registry.modules:
         for g in m.desc.groups:
             if g.name != group:
                 continue
             vi = g.variants.index(variant)
             for op in g.ops:
-                if op.slot:
-                    where = op.slot_alias or op.slot
-                    ctypes.c_void_p.from_address(where).value = op.impls[vi].fn
+                if not op.slot:
+                    continue
+                fn = op.impls[vi].fn
+                if ctypes.c_void_p.from_address(op.slot).value == fn:
+                    continue
+                if op.slot_in_code:
+                    try:
+                        _core.write_code(op.slot, fn.to_bytes(8, "little"))
+                    except OSError as exc:
+                        raise syscall_error(exc) from None
+                else:
+                    ctypes.c_void_p.from_address(op.slot).value = fn
+
+
+# ---- the record of each group's variant ---------------------------------------------------
+
+def _holds(group: str, variant: str) -> bool:
+    """Whether every runtime site of `group`, in every module, holds `variant`'s rendering."""
+    for m in registry.modules:
+        t = m.tables.get(group)
+        if t is not None and _core.sites_match(t.addrs, t.lens, t.by_variant[variant]) >= 0:
+            return False
+    return True
+
+
+def _reconcile(groups) -> None:
+    """Make the record of each group agree with its sites' bytes, and its slots with the record.
+
+    The record is kept when the bytes hold it; otherwise the variant the bytes do hold becomes
+    the record.  Bytes that hold no variant whole (a debugger's breakpoint in a site, a write
+    that failed half-way) leave the record alone: the next batch refuses, naming the site."""
+    for name in groups:
+        g = registry.groups.get(name)
+        if g is None:
+            continue
+        if not _holds(name, g.current):
+            found = next((v for v in g.variants if _holds(name, v)), None)
+            if found is not None:
+                g.current = found
+        _set_slots(name, g.current)
+
+
+def _check_not_reentered(what: str) -> None:
+    # _lock is an RLock, so a signal handler of the thread inside runtime_patch could enter
+    # again and interleave two switches of one group; refuse instead.
+    if _lock._is_owned():
+        raise PvpatchError(f"{what} called while this thread is already inside runtime_patch "
+                           f"or a registration (from a signal handler?); nothing was done")
 
 
 # ---- registration -------------------------------------------------------------------------
 
-def _alias_for(text: tuple[int, int], name: str) -> int:
-    start, end = text
-    if start not in _remapped:
-        try:
-            _, alias = _core.remap_text(start, end - start, f"pvpatch-text:{name}")
-        except OSError as exc:
-            raise syscall_error(exc) from None
-        _remapped[start] = alias - start
-    return _remapped[start]
-
-
 def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
-                  alias_delta: int | None = None, path: str = "") -> Module:
+                  path: str = "") -> Module:
     """Register a module from its descriptor: check every site, then patch every site (runtime
     and boot) from its default to the current variant in one batch, then drop the boot records.
-    Any error names the site and patches nothing."""
+    Any error names the site and patches nothing.  The module's text stays where and what it is
+    (docs/protocol.md, the writer)."""
+    _check_not_reentered("register_desc")
     with _lock:
+        _reconcile([g.name for g in desc.groups])
         if any(m.name == desc.name for m in registry.modules):
             raise RegistryError(f"module {desc.name!r} is already registered")
         registry.check_groups(desc)
@@ -127,17 +169,17 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
                 raise PvpatchError(f"module {desc.name!r}: site {records[0].addr:#x} is in no "
                                    f"loaded object's executable segment")
             text, path = (seg[0], seg[1]), seg[2]
-        # Check and render before touching anything (the remap changes no byte either).
-        plan_delta = alias_delta if alias_delta is not None else 0
-        runtime, boot = registry.plan_sites(desc, text, plan_delta, _read)
-        if alias_delta is None:
-            alias_delta = _alias_for(text, desc.name)
-            for s in runtime + boot:
-                s.alias = s.addr + alias_delta
+        # Check and render before touching anything.  Registering the text as a code range
+        # changes no byte (on the writer's fallback path it moves the text into a memfd).
+        runtime, boot = registry.plan_sites(desc, text, _read)
+        try:
+            _core.register_text(text[0], text[1] - text[0], f"pvpatch-text:{desc.name}")
+        except OSError as exc:
+            raise syscall_error(exc) from None
         # A group new to the registry starts at its native variant; a known one at its current.
         start = {g.name: (registry.groups[g.name].current if g.name in registry.groups
                           else g.variants[g.native]) for g in desc.groups}
-        mod = Module(desc.name, desc, text, alias_delta, runtime, path=path)
+        mod = Module(desc.name, desc, text, runtime, path=path)
         _core.add_known_sites(array("Q", [s.addr for s in runtime + boot]).tobytes())
         ev = PatchEvent(time.time(), {}, kind="register")
         t0 = time.perf_counter()
@@ -146,20 +188,34 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         def flat(variant_of) -> bytes:
             return b"".join(s.renderings[variant_of(s)].ljust(STRIDE, b"\0") for s in todo)
 
-        res = _apply([(array("Q", [s.addr for s in todo]), array("Q", [s.alias for s in todo]),
-                       bytes(s.length for s in todo), flat(lambda s: "default"),
-                       flat(lambda s: start[s.group]))])
-        registry.adopt_groups(desc)  # only once its sites are patched
-        _account(ev, res)
-        ev.duration_s = time.perf_counter() - t0
+        addrs, lens, default = (array("Q", [s.addr for s in todo]),
+                                bytes(s.length for s in todo), flat(lambda s: "default"))
         # Boot records are dropped: those sites are never patched again.  What stays is a note
         # of what they became, for `pvpatch sites`.
         mod.boot = boot
-        mod.boot_variants = {s.group: registry.groups[s.group].current for s in boot}
+        mod.boot_variants = {s.group: start[s.group] for s in boot}
         mod.boot_bytes_dropped = desc.section_bytes.get("boot", 0)
-        desc.boot = []
         mod.build_tables()
+        # The module is recorded before its batch, so that no exception after the batch can
+        # leave patched sites unrecorded (their variant is read from the bytes anyway); the
+        # record is undone if the batch wrote nothing.
+        known_ops = {name: list(g.ops) for name, g in registry.groups.items()}
+        registry.adopt_groups(desc)
         registry.modules.append(mod)
+        try:
+            res = _apply([(addrs, lens, default, flat(lambda s: start[s.group]))])
+        except BaseException:
+            if _core.sites_match(addrs.tobytes(), lens, default) == -1:  # nothing written
+                registry.modules.remove(mod)
+                for name in [g.name for g in desc.groups]:
+                    if name in known_ops:
+                        registry.groups[name].ops = known_ops[name]
+                    else:
+                        registry.groups.pop(name, None)
+            raise
+        desc.boot = []
+        _account(ev, res)
+        ev.duration_s = time.perf_counter() - t0
         for g in desc.groups:
             _set_slots(g.name, registry.groups[g.name].current)
         events.append(ev)
@@ -179,7 +235,9 @@ def register_module(module) -> Module:
 
 def set_transition(group: str, fn: Callable | None) -> None:
     """Let `group` own its switches: runtime_patch then calls fn(current, target, apply), where
-    apply(variant) moves the group to `variant` in one plain batch."""
+    apply(variant) moves the group to `variant` in one plain batch.  It is called whenever the
+    group is named, also when current == target, so that it can finish a switch an exception
+    interrupted (the lock group's mode word)."""
     with _lock:
         if fn is None:
             _transitions.pop(group, None)
@@ -199,7 +257,8 @@ def _account(ev: PatchEvent, res: dict) -> None:
 
 
 def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
-    """Move groups to variants in one batch and commit."""
+    """Move groups to variants in one batch and commit (the commit reads the bytes back)."""
+    _reconcile(changes)
     pieces = []
     for m in registry.modules:
         for g, target in changes.items():
@@ -207,46 +266,102 @@ def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
             cur = registry.groups[g].current
             if t is None or cur == target:
                 continue
-            pieces.append((t.addrs, t.aliases, t.lens, t.by_variant[cur], t.by_variant[target]))
-    res = _apply(pieces, hook)
-    _account(ev, res)
-    for g, target in changes.items():           # commit
-        registry.groups[g].current = target
-        _set_slots(g, target)
+            pieces.append((t.addrs, t.lens, t.by_variant[cur], t.by_variant[target]))
+    try:
+        res = _apply(pieces, hook)
+        _account(ev, res)
+    finally:
+        _reconcile(changes)  # the commit: whatever the bytes now hold
     if res.get("late_sync_errno"):
-        # Sync #3 failed after the sites were whole and new: committed, and said.
+        # Sync #3 failed after the sites were whole and new: committed (the bytes say so), and
+        # said.
         e = res["late_sync_errno"]
         raise syscall_error(OSError(e, os.strerror(e), "membarrier"))
 
 
-def runtime_patch(changes: dict[str, str], *, hook: int = 0) -> PatchEvent:
+def _check_changes(changes) -> None:
+    if not isinstance(changes, Mapping):
+        hint = (f" (did you mean runtime_patch({{{changes!r}: <variant>}})?)"
+                if isinstance(changes, str) else "")
+        raise ArgumentError(f"runtime_patch takes a mapping {{group: variant}} of names, not "
+                            f"{type(changes).__name__} {changes!r}{hint}")
+    for g, v in changes.items():
+        if not isinstance(g, str):
+            raise ArgumentError(f"runtime_patch: group names are str, not "
+                                f"{type(g).__name__} {g!r}")
+        if not isinstance(v, str):
+            raise ArgumentError(f"runtime_patch: group {g!r}: the variant is a str name, not "
+                                f"{type(v).__name__} {v!r}")
+
+
+def runtime_patch(changes: Mapping[str, str], **unexpected) -> PatchEvent:
     """Switch groups to variants while threads run their sites: {group: variant, ...}.
 
     Every affected site of every registered module is patched in one batch (groups that own
     their transitions, like `lock`, take the batches their protocol needs).  Concurrent callers
-    are serialised.  A refused batch changes nothing and raises BatchRefused."""
-    with _lock:
-        for g, v in changes.items():
-            registry.group(g).check_variant(v)
-        staged = {g: v for g, v in changes.items() if registry.groups[g].current != v}
-        ev = PatchEvent(time.time(), {g: (registry.groups[g].current, v)
-                                      for g, v in staged.items()})
-        t0 = time.perf_counter()
-        owned = {g: v for g, v in staged.items() if g in _transitions}
-        plain = {g: v for g, v in staged.items() if g not in _transitions}
-        if plain:
-            _plain(plain, ev, hook)
-        for g, v in owned.items():
-            _transitions[g](registry.groups[g].current, v,
-                            lambda variant, g=g: _plain({g: variant}, ev))
-        ev.duration_s = time.perf_counter() - t0
-        events.append(ev)
-        return ev
+    are serialised.  A refused batch changes nothing and raises BatchRefused.  Every error is a
+    PvpatchError (a failed system call a SyscallError carrying errno and the call's name)."""
+    if unexpected:
+        raise ArgumentError(f"runtime_patch takes one mapping {{group: variant}} and no keyword "
+                            f"arguments, not {', '.join(sorted(unexpected))}")
+    return _runtime_patch(changes)
+
+
+def _runtime_patch(changes: Mapping[str, str], hook: int = 0) -> PatchEvent:
+    """runtime_patch, plus the selftest's hook: the address of a `long (*)(void)` the C core
+    calls right after step 1's writes (it makes the patcher trap on its own int3)."""
+    _check_changes(changes)
+    changes = dict(changes)
+    _check_not_reentered("runtime_patch")
+    try:
+        with _lock:
+            for g, v in changes.items():
+                registry.group(g).check_variant(v)
+            _reconcile(changes)
+            staged = {g: v for g, v in changes.items() if registry.groups[g].current != v}
+            ev = PatchEvent(time.time(), {g: (registry.groups[g].current, v)
+                                          for g, v in staged.items()})
+            t0 = time.perf_counter()
+            owned = {g: v for g, v in changes.items() if g in _transitions}
+            plain = {g: v for g, v in staged.items() if g not in _transitions}
+            if plain:
+                _plain(plain, ev, hook)
+            for g, v in owned.items():
+                _reconcile([g])
+                _transitions[g](registry.groups[g].current, v,
+                                lambda variant, g=g: _plain({g: variant}, ev))
+            ev.duration_s = time.perf_counter() - t0
+            events.append(ev)
+            return ev
+    except PvpatchError:
+        raise
+    except OSError as exc:  # a failed call below us: pvpatch's error, errno and call kept
+        raise syscall_error(exc) from None
 
 
 def current() -> dict[str, str]:
-    """{group: current variant} for every registered group."""
-    return {g.name: g.current for g in registry.groups.values()}
+    """{group: current variant} for every registered group, as the sites' bytes hold it.
+
+    Waits for a runtime_patch in progress in another thread, 2 s at most: past that (a stuck
+    switch, seen from a watchdog) it returns the record as it stands."""
+    if not _lock.acquire(timeout=2.0):
+        return {g.name: g.current for g in registry.groups.values()}
+    try:
+        _reconcile(list(registry.groups))
+        return {g.name: g.current for g in registry.groups.values()}
+    finally:
+        _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    # The thread that held _lock at the fork does not exist in the child: a fresh lock (the
+    # record it may have left stale is re-derived from the bytes at the next use).  The C
+    # core's own locks are handled by its pthread_atfork handlers.
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def site_bytes(site: Site) -> bytes:
@@ -258,29 +373,39 @@ def site_bytes(site: Site) -> bytes:
 def rerender(effective: int) -> PatchEvent:
     """Re-render every runtime site whose rendering depends on the CPU features (templates
     gated with PVPATCH_IMPL_NEEDS_*) for the feature set `effective`, in one batch of the
-    ordinary protocol; then commit the new renderings of every variant.  No group changes
-    variant.  A refused batch raises and changes nothing (cpufeatures.py keeps its mask)."""
+    ordinary protocol.  No group changes variant.  The commit reads the bytes back, as
+    runtime_patch's does: a site takes its new renderings (of every variant) only if it holds
+    the new rendering of its current variant, and `registry.effective` changes only if every
+    site does.  A refused batch writes nothing, so it changes nothing."""
     with _lock:
         ev = PatchEvent(time.time(), {}, kind="features")
         t0 = time.perf_counter()
+        _reconcile(list(registry.groups))
         plan = registry.plan_rerender(effective)
-        todo = [(s, ch[registry.groups[s.group].current])
-                for _, s, ch in plan if registry.groups[s.group].current in ch]
-        res = _apply([(array("Q", [s.addr for s, _ in todo]),
-                       array("Q", [s.alias for s, _ in todo]),
-                       bytes(s.length for s, _ in todo),
-                       b"".join(s.renderings[registry.groups[s.group].current].ljust(STRIDE, b"\0")
-                                for s, _ in todo),
-                       b"".join(code.ljust(STRIDE, b"\0") for s, (_, code) in todo))])
-        _account(ev, res)
-        # Commit: every variant's rendering (the current one is now in memory; the others are
-        # what the next runtime_patch writes).
-        for m, s, changed in plan:
-            for v, (kind, code) in changed.items():
-                s.kinds[v], s.renderings[v] = kind, code
-        for m in {id(m): m for m, _, _ in plan}.values():
-            m.build_tables()
-        registry.effective = effective
+        cur = {s.addr: registry.groups[s.group].current for _, s, _ in plan}
+        todo = [(s, ch[cur[s.addr]][1]) for _, s, ch in plan if cur[s.addr] in ch]
+        res = None
+        try:
+            res = _apply([(array("Q", [s.addr for s, _ in todo]),
+                           bytes(s.length for s, _ in todo),
+                           b"".join(s.renderings[cur[s.addr]].ljust(STRIDE, b"\0")
+                                    for s, _ in todo),
+                           b"".join(code.ljust(STRIDE, b"\0") for _, code in todo))])
+            _account(ev, res)
+        finally:
+            # The commit, from the bytes.
+            landed = {s.addr for s, code in todo if _read(s.addr, s.length) == code}
+            touched = {}
+            for m, s, changed in plan:
+                if cur[s.addr] in changed and s.addr not in landed:
+                    continue
+                for v, (kind, code) in changed.items():
+                    s.kinds[v], s.renderings[v] = kind, code
+                touched[id(m)] = m
+            for m in touched.values():
+                m.build_tables()
+            if len(landed) == len(todo):
+                registry.effective = effective
         ev.duration_s = time.perf_counter() - t0
         events.append(ev)
         if res.get("late_sync_errno"):

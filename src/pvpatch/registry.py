@@ -66,7 +66,6 @@ class Site:
     record: SiteRecord
     group: str
     op: str
-    alias: int
     renderings: dict[str, bytes]
     kinds: dict[str, str]
     impls: dict[str, Impl] = field(default_factory=dict)     # variant -> implementation
@@ -122,7 +121,6 @@ class Site:
 class GroupTable:
     """One module's runtime sites of one group, in flat arrays for apply_batch."""
     addrs: array
-    aliases: array
     lens: bytes
     by_variant: dict[str, bytes]
 
@@ -132,7 +130,6 @@ class Module:
     name: str
     desc: ModuleDesc
     text: tuple[int, int]
-    alias_delta: int
     sites: list[Site]                       # runtime sites, patchable for good
     boot: list[Site] = field(default_factory=list)  # boot sites: as rendered at registration
     tables: dict[str, GroupTable] = field(default_factory=dict)
@@ -149,7 +146,6 @@ class Module:
             variants = sites[0].renderings.keys()
             self.tables[g] = GroupTable(
                 array("Q", [s.addr for s in sites]),
-                array("Q", [s.alias for s in sites]),
                 bytes(s.length for s in sites),
                 {v: b"".join(s.renderings[v].ljust(STRIDE, b"\0") for s in sites)
                  for v in variants})
@@ -237,7 +233,7 @@ class Registry:
                         out[gi, oi, vi] = impl.template in SHIPPED_TEMPLATES
         return out
 
-    def plan_sites(self, desc: ModuleDesc, text: tuple[int, int], alias_delta: int,
+    def plan_sites(self, desc: ModuleDesc, text: tuple[int, int],
                    read) -> tuple[list[Site], list[Site]]:
         """Check every template and every record of a module and render its sites.  Raises
         RegistryError naming the first bad template or SiteError naming the first bad site;
@@ -272,12 +268,16 @@ class Registry:
             expected = x86.default_site(rec.addr, op.slot, rec.length)
             actual = read(rec.addr, rec.length)
             if actual != expected:
+                # A debugger's breakpoint is refused, not copied into a rendering: registration
+                # would otherwise erase it (or keep an int3 gdb no longer knows about).
+                trap = any(a == 0xCC and e != 0xCC for a, e in zip(actual, expected))
                 raise SiteError(where, f"bytes {actual.hex()} are not the default "
                                        f"{expected.hex()} (call *slot(%rip) stretched with CS "
                                        f"prefixes; a module built with an older pvpatch.h must "
-                                       f"be rebuilt)")
-            site = Site(desc.name, rec, g.name, op.name, rec.addr + alias_delta, {}, {},
-                        dict(zip(g.variants, op.impls)),
+                                       f"be rebuilt)"
+                                       + ("; an int3 is there (a debugger's breakpoint? remove "
+                                          "it, register, then set it again)" if trap else ""))
+            site = Site(desc.name, rec, g.name, op.name, {}, {}, dict(zip(g.variants, op.impls)),
                         {v: checked.get((rec.group, rec.op, vi), False)
                          for vi, v in enumerate(g.variants)})
             for v in g.variants:

@@ -109,9 +109,9 @@ def run(duration: float = 10.0, threads: int | None = None, nmi_level: int = 1,
         while time.monotonic() - t0 < duration:
             variant = CYCLE[i % len(CYCLE)]
             try:
-                ev = patcher.runtime_patch({"selftest": variant},
-                                           hook=hook if hook_every and i % hook_every == 0
-                                           else 0)
+                ev = patcher._runtime_patch({"selftest": variant},
+                                            hook=hook if hook_every and i % hook_every == 0
+                                            else 0)
             except PvpatchError as exc:
                 res.errors.append(str(exc))
                 res.failures += 1

@@ -22,6 +22,7 @@ extern PyMethodDef core_torture_methods[]; /* torture.c */
 extern PyMethodDef core_bench_call_methods[]; /* bench_call.c */
 extern PyMethodDef core_traptest_methods[]; /* traptest.c */
 extern PyMethodDef core_masks_methods[];    /* masks.c */
+extern PyMethodDef core_forktest_methods[]; /* forktest.c */
 
 /* poke.c */
 int core_poke_init(void); /* at import: membarrier registration */

@@ -35,6 +35,7 @@ static PyMethodDef *const tables[] = {
     core_bench_call_methods,
     core_traptest_methods,
     core_masks_methods,
+    core_forktest_methods,
     core_bits_methods,
 };
 

@@ -4,10 +4,9 @@
  * Mechanism only: Python decides which bytes go where; this file writes them so that no thread
  * ever executes a torn site and no mapping is ever writable and executable at once.
  *
- * Writer (W^X).  Text that pvpatch patches lives in a memfd: the executable view is a MAP_SHARED
- * r-x mapping of it at the original address and the writable view an rw- alias elsewhere
- * (core_remap_text() moves a loaded object's text there, core_map_code() makes fresh code).  A
- * write is a plain store to the alias; no mapping changes protection, ever.
+ * Writer (W^X).  Every code write goes through text_write() of writer.c: pwrite() to
+ * /proc/self/mem into the object's own private mapping, or, where the kernel forbids that, an rw-
+ * alias that exists only during a batch.  No mapping changes protection, ever.
  *
  * The batch protocol (apply_batch), for any number of sites (docs/protocol.md, "One batch"):
  *
@@ -23,10 +22,13 @@
  * the batch's new instruction in its place (emulates a call or a NOP, sends it to an
  * out-of-line slot for an inline instruction) and writes nothing, so no thread ever waits for
  * another and the patcher takes three syncs whatever the traps.  A call -> call change whose
- * displacement lies in one aligned 8-byte word takes no int3 at all (one store, one sync).
+ * displacement lies in one aligned 8-byte word takes no int3 at all (one store, one sync) --
+ * on a writer path whose write of such a word is one 8-byte store (pvp_writer_atomic_store_ok);
+ * elsewhere it takes the int3 protocol like any other entry.
  */
 #define _GNU_SOURCE
 #include "core.h"
+#include "writer.h"
 
 #include <errno.h>
 #include <link.h>
@@ -65,11 +67,9 @@ PyObject *core_oserror(const char *syscall) { return core_oserror_errno(errno, s
 
 static int membarrier_ok; /* registered for SYNC_CORE at import */
 static int membarrier_errno;
-static int private_code = 1; /* 0: a fork left our code shared with the parent (fork_child) */
 static void fork_prepare(void);
 static void fork_parent(void);
 static void fork_child(void);
-static int memfd_alias(const char *name, size_t length, void **alias, const char **syscall);
 
 static long sys_membarrier(int cmd, unsigned flags) { return syscall(__NR_membarrier, cmd, flags, 0); }
 
@@ -84,6 +84,7 @@ static inline void serialize_self(void)
  * returns, and so does the caller.  Async-signal-safe. */
 int core_sync(void)
 {
+    pvp_writer_sync_flush(); /* the writes this sync publishes are in memory first */
     if (sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0) != 0)
         return -1;
     serialize_self();
@@ -92,6 +93,13 @@ int core_sync(void)
 
 int core_poke_init(void)
 {
+    /* The writer first: it chooses its path before any code range exists.  Coalescing of the
+     * proc-mem path keeps its default gap: the patcher is the only writer of code (the handler
+     * writes none, rule H0), so rewriting a gap with the bytes it holds is invisible. */
+    if (pvp_writer_init() != 0) {
+        core_oserror(pvp_writer_syscall);
+        return -1;
+    }
     /* Registering is cheap while the process has one thread and costs tens of milliseconds
      * later, which is why it happens here, at import. */
     long cmds = sys_membarrier(MEMBARRIER_CMD_QUERY, 0);
@@ -264,8 +272,9 @@ static unsigned classify(const uint8_t *b, unsigned len, uint32_t *arg)
  * rendering and reused by every later batch that does it again; never freed, because a thread
  * may sit at a slot, descheduled, for any time.  Its first byte is the rendering's ("armed")
  * only while such a batch is live, int3 otherwise ("disarmed"): see rule H4 and step 3.
- * Slots live in arenas of executable memory mapped like registered text (r-x, written through
- * text_write); every byte of a fresh arena is int3. */
+ * Slots live in arenas of generated code (writer.h: pvp_code_range_map; r-x, written through
+ * text_write like registered text, copied for a forked child like it); every byte of a fresh
+ * arena is int3. */
 #define SLOT_SIZE 32
 #define ARENA_SLOTS 2048
 #define ARENA_BYTES (SLOT_SIZE * ARENA_SLOTS)
@@ -355,7 +364,6 @@ static int slot_map_put(uintptr_t site, const uint8_t *b, unsigned len, uint32_t
     return 0;
 }
 
-static int text_write(uintptr_t exec_addr, const void *src, size_t len);
 static int new_arena(void);
 
 /* The slot of (site, rendering), created if need be.  A created slot is armed; an existing one
@@ -397,8 +405,7 @@ static int slot_get(uintptr_t site, const uint8_t *b, unsigned len, uint32_t *no
 /* ---- the batch -------------------------------------------------------------------------- */
 
 struct entry {
-    uintptr_t addr;  /* executable view */
-    uintptr_t alias; /* writable view of the same bytes (validation only) */
+    uintptr_t addr; /* executable address */
     uint8_t len;
     uint8_t old[SITE_MAX];
     uint8_t new[SITE_MAX];
@@ -733,7 +740,9 @@ static int step_sync(int *syncs)
 static bool is_atomic_flip(const struct entry *e)
 {
     uint32_t a;
-    if (e->len < 5 || classify(e->old, e->len, &a) != K_CALL ||
+    /* Only where the writer's 8-byte write is one aligned store (the alias path): the kernel
+     * copies a /proc/self/mem write with memcpy, which is not single-copy atomic. */
+    if (!pvp_writer_atomic_store_ok() || e->len < 5 || classify(e->old, e->len, &a) != K_CALL ||
         classify(e->new, e->len, &a) != K_CALL || memcmp(e->old, e->new, e->len - 4) != 0)
         return false;
     uintptr_t field = e->addr + e->len - 4;
@@ -745,13 +754,19 @@ static bool is_atomic_flip(const struct entry *e)
 static int flip_store(const struct entry *e)
 {
     uintptr_t field = e->addr + e->len - 4, word = field & ~(uintptr_t)7;
+    if (pvp_writer_flush() != 0) /* the neighbours are read from memory: nothing pending */
+        return -1;
     uint64_t v = __atomic_load_n((const uint64_t *)word, __ATOMIC_RELAXED);
     memcpy((uint8_t *)&v + (field - word), e->new + e->len - 4, 4);
     return text_write(word, &v, 8);
 }
 
 /* Set the pending word of every trapping entry for generation `gen`, using `from_old` renderings
- * (the rollback of a parked batch) or new ones; arms slots.  Returns -1 + errno. */
+ * (the rollback of a parked batch) or new ones; arms slots.  Returns -1 + errno.
+ *   1. Create or arm the slots.
+ *   2. Flush: the slots' bytes are in memory (the proc-mem writer keeps writes pending) before
+ *      any pending word can send a thread there -- at once for a parked batch, which is live.
+ *   3. The pending words. */
 static int prepare_pending(struct batch *b, uint64_t gen, bool from_old)
 {
     for (size_t i = 0; i < b->n; i++) {
@@ -770,6 +785,17 @@ static int prepare_pending(struct batch *b, uint64_t gen, bool from_old)
             e->armed = true;
             e->arg = arg;
         }
+    }
+    if (pvp_writer_flush() != 0)
+        return -1;
+    for (size_t i = 0; i < b->n; i++) {
+        struct entry *e = &b->e[i];
+        if (e->kind == K_NONE)
+            continue;
+        uint32_t arg;
+        unsigned kind = classify(from_old ? e->old : e->new, e->len, &arg);
+        if (kind == K_SLOT)
+            arg = e->arg;
         atomic_store(e->pending, pw_make(gen, e->len, kind, arg));
     }
     return 0;
@@ -790,12 +816,17 @@ static int disarm_slots(struct batch *b)
     return 0;
 }
 
-static void unpublish(struct batch *b)
+/* Unpublish, after flushing: a thread that traps on an int3 this batch has replaced must find
+ * the replacement in memory once the batch is no longer live (rule H3), not a pending write.
+ * Returns the flush's result (-1 + errno); the batch is unpublished either way. */
+static int unpublish(struct batch *b)
 {
+    int rc = pvp_writer_flush();
     atomic_fetch_add(&live_seq, 1); /* even: no batch is live (partner: H1's loads) */
     for (size_t i = 0; i < b->n; i++)
         if (b->e[i].kind != K_NONE)
             atomic_store(b->e[i].pending, 0);
+    return rc;
 }
 
 /* Finish a parked batch (see the failure rules in docs/protocol.md): its sites hold int3 and
@@ -812,15 +843,16 @@ static int restore_parked(int *syncs)
             return -1;
     if (disarm_slots(b) != 0)
         return -1;
-    unpublish(b);
+    if (unpublish(b) != 0)
+        return -1;
     parked = false;
     b->n = 0;
     return 0;
 }
 
-/* apply_batch(addrs, aliases, lens, old, new, hook=0, hook_step=1) -> dict
+/* apply_batch(addrs, lens, old, new, hook=0, hook_step=1) -> dict
  *
- * addrs, aliases: native-endian uint64 arrays (n entries); lens: n bytes; old, new: n * 16 bytes
+ * addrs: native-endian uint64 array (n entries); lens: n bytes; old, new: n * 16 bytes
  * (site i's bytes at [16 i, 16 i + lens[i])).  hook: address of a `long (*)(void)` called right
  * after the writes of step `hook_step` (1..3), before that step's sync (the selftest makes the
  * patcher trap on its own int3 with it; tests fail a sync with it).
@@ -829,17 +861,16 @@ static int restore_parked(int *syncs)
  * for a sync that failed, after the recovery of docs/protocol.md ("A failed sync"). */
 static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"addrs", "aliases", "lens", "old", "new", "hook", "hook_step", NULL};
-    Py_buffer addrs, aliases, lens, old, new;
+    static char *kwlist[] = {"addrs", "lens", "old", "new", "hook", "hook_step", NULL};
+    Py_buffer addrs, lens, old, new;
     unsigned long long hook = 0;
     int hook_step = 1;
     PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*y*|Ki", kwlist, &addrs, &aliases, &lens,
-                                     &old, &new, &hook, &hook_step))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*|Ki", kwlist, &addrs, &lens, &old, &new,
+                                     &hook, &hook_step))
         return NULL;
     size_t n = (size_t)lens.len;
-    if ((size_t)addrs.len != n * 8 || (size_t)aliases.len != n * 8 || (size_t)old.len != n * 16 ||
-        (size_t)new.len != n * 16) {
+    if ((size_t)addrs.len != n * 8 || (size_t)old.len != n * 16 || (size_t)new.len != n * 16) {
         PyErr_SetString(PyExc_TypeError, "apply_batch: buffer sizes do not agree");
         goto out_release;
     }
@@ -851,9 +882,9 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         core_oserror_errno(membarrier_errno, "membarrier");
         goto out_release;
     }
-    if (!private_code) {
+    if (!pvp_writer_child_ok()) {
         /* After a fork whose child handler could not copy the code: it is still shared with
-         * the parent, whose threads this process cannot sync. */
+         * the parent, whose threads this process cannot sync (alias path only). */
         core_oserror_errno(EXDEV, "fork (code still shared with the parent)");
         goto out_release;
     }
@@ -863,11 +894,13 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     unsigned long traps0 = atomic_load(&ctr_traps), emu0 = atomic_load(&ctr_traps_emulated),
                   onp0 = atomic_load(&ctr_traps_on_patcher), stale0 = atomic_load(&ctr_stale_traps);
     int syncs = 0, sync_errno = 0, failed_sync = 0, late_sync_errno = 0, io_errno = 0;
+    const char *io_syscall = "text_write";
     size_t ntrap = 0, nflip = 0;
     long bad = -1;
     const char *why = NULL, *failure = NULL;
 #define SYNC_OR_FAIL(k)                                                                          \
     do {                                                                                         \
+        WRITE_OR_FAIL(pvp_writer_flush()); /* the sync publishes the pass's writes */            \
         if (step_sync(&syncs) != 0) {                                                            \
             sync_errno = errno;                                                                  \
             failed_sync = (k);                                                                   \
@@ -875,12 +908,29 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     } while (0)
 #define WRITE_OR_FAIL(call)                                                                      \
     do {                                                                                         \
-        if ((call) != 0 && io_errno == 0)                                                        \
-            io_errno = errno;                                                                    \
+        if ((call) != 0 && io_errno == 0) {                                                      \
+            io_errno = errno ? errno : EIO;                                                      \
+            io_syscall = pvp_writer_syscall;                                                     \
+        }                                                                                        \
+    } while (0)
+#define RUN_HOOK(k)                                                                              \
+    do {                                                                                         \
+        if (hook != 0 && hook_step == (k)) {                                                     \
+            /* The hook runs a site: the step's writes must be in memory, not pending. */        \
+            WRITE_OR_FAIL(pvp_writer_flush());                                                   \
+            ((long (*)(void))(uintptr_t)hook)();                                                 \
+        }                                                                                        \
     } while (0)
 
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&batch_lock);
+    /* The writer for this batch (the alias path maps its rw- view on first use, unmapped by
+     * pvp_writer_end below, on every path out). */
+    if (pvp_writer_begin() != 0) {
+        io_errno = errno ? errno : EIO;
+        io_syscall = pvp_writer_syscall;
+        goto unlock_nowriter;
+    }
     if (parked && restore_parked(&syncs) != 0) {
         sync_errno = errno;
         failure = "a batch parked after a failed sync could not be restored";
@@ -896,13 +946,12 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         b->e = ne;
         b->cap = n;
     }
-    const uint64_t *pa = addrs.buf, *pal = aliases.buf;
+    const uint64_t *pa = addrs.buf;
     const uint8_t *pl = lens.buf, *po = old.buf, *pn = new.buf;
     for (size_t i = 0; i < n; i++) {
         struct entry *e = &b->e[i];
         memset(e, 0, sizeof(*e));
         e->addr = pa[i];
-        e->alias = pal[i];
         e->len = pl[i];
         if (e->len < 1 || e->len > SITE_MAX) {
             why = "bad site length";
@@ -926,8 +975,8 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         } else if (memcmp((const void *)e->addr, e->old, e->len) != 0) {
             why = "bytes at the site are not the expected old bytes";
             bad = (long)i;
-        } else if (memcmp((const void *)e->alias, e->old, e->len) != 0) {
-            why = "the alias does not map the site";
+        } else if (pvp_code_range_find(e->addr, e->len) < 0) {
+            why = "not in a registered code range";
             bad = (long)i;
         }
     }
@@ -968,7 +1017,8 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
             strip_sigtrap_from_handlers();
         uint64_t gen = atomic_load(&live_seq) + 1;
         if (prepare_pending(b, gen, false) != 0) {
-            io_errno = errno;
+            io_errno = errno ? errno : EIO;
+            io_syscall = pvp_writer_syscall;
             for (size_t i = 0; i < n; i++)
                 if (b->e[i].kind != K_NONE)
                     atomic_store(b->e[i].pending, 0);
@@ -983,8 +1033,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         for (size_t i = 0; i < n; i++)
             if (b->e[i].kind != K_NONE)
                 WRITE_OR_FAIL(text_write(b->e[i].addr, &int3, 1));
-        if (hook != 0 && hook_step == 1)
-            ((long (*)(void))(uintptr_t)hook)();
+        RUN_HOOK(1);
         /* sync #1: after it, nobody can fetch an old first byte; it also makes the slots of
          * step 0 visible to threads that a handler did not send there. */
         SYNC_OR_FAIL(1);
@@ -994,8 +1043,8 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
             for (size_t i = 0; i < n; i++)
                 if (b->e[i].kind != K_NONE)
                     WRITE_OR_FAIL(text_write(b->e[i].addr, b->e[i].old, 1));
-            disarm_slots(b);
-            unpublish(b);
+            WRITE_OR_FAIL(disarm_slots(b));
+            WRITE_OR_FAIL(unpublish(b));
             goto unlock_batch;
         }
 
@@ -1005,8 +1054,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
             if (e->kind != K_NONE)
                 WRITE_OR_FAIL(text_write(e->addr + 1, e->new + 1, e->len - 1));
         }
-        if (hook != 0 && hook_step == 2)
-            ((long (*)(void))(uintptr_t)hook)();
+        RUN_HOOK(2);
         /* sync #2: no thread can see the new tail behind the old first byte, which is int3
          * for every thread since sync #1. */
         SYNC_OR_FAIL(2);
@@ -1020,8 +1068,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
                     WRITE_OR_FAIL(text_write(e->addr + 1, e->old + 1, e->len - 1));
             }
             disarm_slots(b);
-            if (prepare_pending(b, atomic_load(&live_seq), true) != 0 && io_errno == 0)
-                io_errno = errno;
+            WRITE_OR_FAIL(prepare_pending(b, atomic_load(&live_seq), true));
             /* Only the trapping entries stay in the parked batch. */
             size_t kept = 0;
             for (size_t i = 0; i < n; i++)
@@ -1044,16 +1091,16 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         if (b->e[i].kind == K_NONE)
             WRITE_OR_FAIL(flip_store(&b->e[i]));
     WRITE_OR_FAIL(disarm_slots(b));
-    if (hook != 0 && hook_step == 3)
-        ((long (*)(void))(uintptr_t)hook)();
+    RUN_HOOK(3);
     /* sync #3: the sites are whole and new for every thread, and no thread can start a slot of
      * this batch.  A failure here leaves the sites whole and new: reported, not undone. */
+    WRITE_OR_FAIL(pvp_writer_flush());
     if (step_sync(&syncs) != 0)
         late_sync_errno = errno;
 
     /* 4. Unpublish; verify. */
     if (ntrap > 0)
-        unpublish(b);
+        WRITE_OR_FAIL(unpublish(b));
     for (size_t i = 0; i < n; i++)
         if (memcmp((const void *)b->e[i].addr, b->e[i].new, b->e[i].len) != 0) {
             why = "a site does not read back as written";
@@ -1068,13 +1115,19 @@ unlock_batch:
 unlock_parked:
     atomic_store(&patcher_tid, 0);
 unlock:
+    /* Everything written is in memory (a write left pending by a failure path is flushed
+     * here); alias path: the rw- view goes.  A parked batch needs no writer: its handlers
+     * write nothing. */
+    WRITE_OR_FAIL(pvp_writer_end());
+unlock_nowriter:
     pthread_mutex_unlock(&batch_lock);
     Py_END_ALLOW_THREADS
 #undef SYNC_OR_FAIL
 #undef WRITE_OR_FAIL
+#undef RUN_HOOK
 
     if (io_errno != 0) {
-        core_oserror_errno(io_errno, "text_write");
+        core_oserror_errno(io_errno, io_syscall ? io_syscall : "text_write");
         goto out_release;
     }
     if (failure != NULL || failed_sync != 0) {
@@ -1113,7 +1166,6 @@ unlock:
                            "trapping", (Py_ssize_t)ntrap, "late_sync_errno", late_sync_errno);
 out_release:
     PyBuffer_Release(&addrs);
-    PyBuffer_Release(&aliases);
     PyBuffer_Release(&lens);
     PyBuffer_Release(&old);
     PyBuffer_Release(&new);
@@ -1122,154 +1174,71 @@ out_release:
 
 /* ---- text ------------------------------------------------------------------------------- */
 
-/* Every code range pvpatch maps from a memfd: the r-x view and its rw- alias.  MAP_SHARED is what
- * makes the alias work, and also what a forked child would inherit: parent and child would
- * patch each other's code, with no sync in the other process.  So the child of a fork gets
- * private copies at the same addresses (fork_child below). */
-#define MAX_CODE_RANGES 1024
-static struct code_range {
-    uintptr_t exec, alias;
-    size_t len;
-    char name[64];
-} code_ranges[MAX_CODE_RANGES];
-static size_t n_code_ranges;
-
-static int note_code_range(uintptr_t exec, uintptr_t alias, size_t len, const char *name)
+/* pthread_atfork: no fork lands in the middle of a batch, of a table update or of a code range
+ * update (prepare takes the locks; both sides release them).  So the child's copy of the text
+ * -- copy-on-write of the private mappings, or the writer's copy of the shared ones on the
+ * fallback path -- is never taken from a text that a batch is writing. */
+static void fork_prepare(void)
 {
+    pthread_mutex_lock(&batch_lock);
     pthread_mutex_lock(&site_tables_lock);
-    if (n_code_ranges == MAX_CODE_RANGES) {
-        pthread_mutex_unlock(&site_tables_lock);
-        return -1;
-    }
-    struct code_range *r = &code_ranges[n_code_ranges];
-    r->exec = exec;
-    r->alias = alias;
-    r->len = len;
-    snprintf(r->name, sizeof(r->name), "%s", name);
-    __atomic_store_n(&n_code_ranges, n_code_ranges + 1, __ATOMIC_RELEASE); /* see exec_to_alias */
+    pvp_writer_fork_prepare();
+}
+
+static void fork_parent(void)
+{
+    pvp_writer_fork_parent();
     pthread_mutex_unlock(&site_tables_lock);
-    return 0;
+    pthread_mutex_unlock(&batch_lock);
 }
 
-/* The alias of [exec, exec + len) if one code range holds it all, else 0.  Ranges are only
- * appended (under site_tables_lock, count published last), so the patcher reads them without
- * the lock. */
-static uintptr_t exec_to_alias(uintptr_t exec, size_t len)
+/* In the child (one thread). */
+static void fork_child(void)
 {
-    static size_t last;
-    size_t n = __atomic_load_n(&n_code_ranges, __ATOMIC_ACQUIRE);
-    for (size_t k = 0; k < n; k++) {
-        size_t i = (last + k) % n;
-        const struct code_range *r = &code_ranges[i];
-        if (exec >= r->exec && exec + len <= r->exec + r->len) {
-            last = i;
-            return r->alias + (exec - r->exec);
-        }
-    }
-    return 0;
+    pvp_writer_fork_child();
+    /* Handlers hold nothing (rule H0): a batch parked at the fork is restored by the child's
+     * next batch like any other. */
+    pthread_mutex_unlock(&site_tables_lock);
+    pthread_mutex_unlock(&batch_lock);
 }
 
-/* The one function through which apply_batch writes code: len bytes from src to the executable
- * address exec_addr.  A write of 1 byte, or of 8 bytes at an 8-aligned address, is one store
- * (single-copy atomic: the atomic call flip relies on it).  Returns 0, or -1 with errno set. */
-static int text_write(uintptr_t exec_addr, const void *src, size_t len)
-{
-    uintptr_t alias = exec_to_alias(exec_addr, len);
-    if (alias == 0) {
-        errno = EFAULT;
-        return -1;
-    }
-    if (len == 1) {
-        __atomic_store_n((uint8_t *)alias, *(const uint8_t *)src, __ATOMIC_RELAXED);
-    } else if (len == 8 && (alias & 7) == 0) {
-        uint64_t v;
-        memcpy(&v, src, 8);
-        __atomic_store_n((uint64_t *)alias, v, __ATOMIC_RELAXED);
-    } else {
-        memcpy((void *)alias, src, len);
-    }
-    return 0;
-}
-
-/* A fresh arena of out-of-line slots: a code range like any other (so text_write reaches it and
- * a forked child gets its own copy), every byte int3.  batch_lock. */
+/* A fresh arena of out-of-line slots: generated code of the writer (so text_write reaches it
+ * and a forked child gets its own copy, as for registered text), every byte int3 before any
+ * slot in it is used.  batch_lock, inside the batch's pvp_writer_begin/end. */
 static int new_arena(void)
 {
     size_t a = atomic_load(&n_arenas);
     if (a == MAX_ARENAS) {
         errno = ENOSPC;
+        pvp_writer_syscall = "slot arenas (256 at most)";
         return -1;
     }
     struct arena *ar = calloc(1, sizeof(*ar));
-    if (ar == NULL)
-        return -1;
-    void *alias;
-    const char *syscall_name;
-    int fd = memfd_alias("pvpatch-slots", ARENA_BYTES, &alias, &syscall_name);
-    if (fd < 0) {
+    uint8_t *fill = malloc(ARENA_BYTES);
+    uintptr_t x;
+    if (ar == NULL || fill == NULL) {
         free(ar);
+        free(fill);
+        errno = ENOMEM;
+        pvp_writer_syscall = "malloc";
         return -1;
     }
-    memset(alias, INT3, ARENA_BYTES);
-    void *x = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (x == MAP_FAILED || note_code_range((uintptr_t)x, (uintptr_t)alias, ARENA_BYTES,
-                                           "pvpatch-slots") != 0) {
-        if (x != MAP_FAILED)
-            munmap(x, ARENA_BYTES);
-        munmap(alias, ARENA_BYTES);
+    memset(fill, INT3, ARENA_BYTES);
+    /* A failure after the mapping leaves an unused code range behind (ranges are never
+     * removed); nothing runs there. */
+    if (pvp_code_range_map(ARENA_BYTES, "pvpatch-slots", 0, &x) < 0 ||
+        text_write(x, fill, ARENA_BYTES) != 0 || pvp_writer_flush() != 0) {
+        int e = errno;
         free(ar);
-        errno = x == MAP_FAILED ? e : ENOSPC;
+        free(fill);
+        errno = e;
         return -1;
     }
-    ar->exec = (uintptr_t)x;
+    free(fill);
+    ar->exec = x;
     atomic_store_explicit(&arenas[a], ar, memory_order_release);
     atomic_store_explicit(&n_arenas, a + 1, memory_order_release); /* partner: slot_site */
     return 0;
-}
-
-/* pthread_atfork: no fork lands in the middle of a batch or of a table update (prepare takes
- * the locks; both sides release them). */
-static void fork_prepare(void)
-{
-    pthread_mutex_lock(&batch_lock);
-    pthread_mutex_lock(&site_tables_lock);
-}
-
-static void fork_parent(void)
-{
-    pthread_mutex_unlock(&site_tables_lock);
-    pthread_mutex_unlock(&batch_lock);
-}
-
-/* In the child (one thread): move every code range into a fresh memfd of its own, mapped at the
- * same two addresses, so that the alias deltas Python keeps stay true.  A failure here leaves
- * the range shared with the parent; the child then refuses to patch it (private_code == 0). */
-static void fork_child(void)
-{
-    pthread_mutex_unlock(&site_tables_lock);
-    pthread_mutex_unlock(&batch_lock);
-    for (size_t i = 0; i < n_code_ranges; i++) {
-        struct code_range *r = &code_ranges[i];
-        void *tmp;
-        const char *syscall;
-        /* 1. Copy the current bytes into a new file through a temporary rw mapping. */
-        int fd = memfd_alias(r->name, r->len, &tmp, &syscall);
-        if (fd < 0) {
-            private_code = 0;
-            continue;
-        }
-        memcpy(tmp, (const void *)r->exec, r->len);
-        munmap(tmp, r->len);
-        /* 2. Replace both views; the bytes under them do not change. */
-        if (mmap((void *)r->alias, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
-                 0) == MAP_FAILED ||
-            mmap((void *)r->exec, r->len, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, fd, 0) ==
-                MAP_FAILED)
-            private_code = 0;
-        close(fd);
-    }
 }
 
 struct seg_query {
@@ -1313,92 +1282,90 @@ static PyObject *py_text_segment(PyObject *self, PyObject *arg)
     return Py_BuildValue("(KKs)", (unsigned long long)q.start, (unsigned long long)q.end, q.path);
 }
 
-/* A memfd of `length` bytes and an rw- shared mapping of it (the alias).  Returns the fd, or -1
- * with errno set and *syscall naming the call that failed. */
-static int memfd_alias(const char *name, size_t length, void **alias, const char **syscall)
-{
-    int fd = memfd_create(name, MFD_CLOEXEC);
-    if (fd < 0) {
-        *syscall = "memfd_create";
-        return -1;
-    }
-    if (ftruncate(fd, (off_t)length) != 0) {
-        *syscall = "ftruncate";
-    } else {
-        *alias = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (*alias != MAP_FAILED)
-            return fd;
-        *syscall = "mmap";
-    }
-    int e = errno;
-    close(fd);
-    errno = e;
-    return -1;
-}
-
-/* The end of remap_text and map_code: close the fd, check the exec view, remember the range. */
-static PyObject *code_range_done(int fd, void *x, int map_errno, void *alias, size_t length,
-                                 const char *name)
-{
-    close(fd);
-    if (x == MAP_FAILED) {
-        munmap(alias, length);
-        return core_oserror_errno(map_errno, "mmap");
-    }
-    if (note_code_range((uintptr_t)x, (uintptr_t)alias, length, name) != 0) {
-        PyErr_SetString(PyExc_OverflowError, "too many code ranges");
-        return NULL;
-    }
-    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)x,
-                         (unsigned long long)(uintptr_t)alias);
-}
-
-/* remap_text(start, length, name) -> (start, alias): move [start, start+length) into a memfd,
- * mapped r-x shared at start (MAP_FIXED, same bytes, so threads running there notice nothing)
- * and rw- shared at the alias. */
-static PyObject *py_remap_text(PyObject *self, PyObject *args)
+/* register_text(start, length, name): [start, start+length) becomes a code range pvpatch may
+ * write (writer.c).  proc-mem path: nothing moves.  Alias path: the text moves into a memfd,
+ * mapped shared r-x over the same address.  Idempotent for a range that is already one. */
+static PyObject *py_register_text(PyObject *self, PyObject *args)
 {
     unsigned long long start, length;
-    const char *name, *syscall;
-    void *alias;
+    const char *name;
     if (!PyArg_ParseTuple(args, "KKs", &start, &length, &name))
         return NULL;
-    int fd = memfd_alias(name, length, &alias, &syscall);
-    if (fd < 0)
-        return core_oserror(syscall);
-    memcpy(alias, (const void *)(uintptr_t)start, length);
-    void *x = mmap((void *)(uintptr_t)start, length, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED,
-                   fd, 0);
-    return code_range_done(fd, x, errno, alias, length, name);
+    if (pvp_code_range_add_text((uintptr_t)start, (size_t)length, name) < 0)
+        return core_oserror(pvp_writer_syscall);
+    Py_RETURN_NONE;
 }
 
-/* map_code(length, name, near=0) -> (exec, alias): fresh zeroed code memory, r-x at the
- * returned exec address (within 1 GiB below `near` when given, so that rel32 calls reach code
- * there), rw- at the alias. */
+/* map_code(length, name, near=0) -> exec: fresh zeroed code memory, r-x (within 1 GiB below
+ * `near` when given, so that rel32 calls reach code there).  Write it with write_code. */
 static PyObject *py_map_code(PyObject *self, PyObject *args)
 {
     unsigned long long length, near = 0;
-    const char *name, *syscall;
-    void *alias;
+    const char *name;
+    uintptr_t x;
     if (!PyArg_ParseTuple(args, "Ks|K", &length, &name, &near))
         return NULL;
-    int fd = memfd_alias(name, length, &alias, &syscall);
-    if (fd < 0)
-        return core_oserror(syscall);
-    void *x = MAP_FAILED;
-    if (near != 0) {
-        /* Probe downwards from `near` for a free range: MAP_FIXED_NOREPLACE never clobbers. */
-        long pg = sysconf(_SC_PAGESIZE);
-        for (unsigned long long off = 64ull << 20; off < (1ull << 30) && x == MAP_FAILED;
-             off += 64ull << 20) {
-            uintptr_t want = ((uintptr_t)near - off - length) & ~(uintptr_t)(pg - 1);
-            x = mmap((void *)want, length, PROT_READ | PROT_EXEC,
-                     MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
-        }
-    } else {
-        x = mmap(NULL, length, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0);
+    if (pvp_code_range_map((size_t)length, name, (uintptr_t)near, &x) < 0)
+        return core_oserror(pvp_writer_syscall);
+    return PyLong_FromUnsignedLongLong(x);
+}
+
+/* write_code(addr, data): write bytes into a code range with the writer, outside the batch
+ * protocol: for code no thread runs yet (generated functions), op slots that live in code
+ * pages, and tests.  Serialised with batches. */
+static PyObject *py_write_code(PyObject *self, PyObject *args)
+{
+    unsigned long long addr;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*", &addr, &data))
+        return NULL;
+    int rc, err = 0;
+    const char *syscall = NULL;
+    if (pvp_code_range_find((uintptr_t)addr, (size_t)data.len) < 0) {
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "write_code: [%#llx, +%zd) is not in a code range of "
+                                       "pvpatch", addr, data.len);
+        return NULL;
     }
-    return code_range_done(fd, x, errno, alias, length, name);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&batch_lock);
+    rc = pvp_writer_begin();
+    if (rc == 0)
+        rc = text_write((uintptr_t)addr, data.buf, (size_t)data.len);
+    if (rc != 0) {
+        err = errno;
+        syscall = pvp_writer_syscall;
+    }
+    if (pvp_writer_end() != 0 && rc == 0) {
+        rc = -1;
+        err = errno;
+        syscall = pvp_writer_syscall;
+    }
+    pthread_mutex_unlock(&batch_lock);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (rc != 0)
+        return core_oserror_errno(err, syscall);
+    Py_RETURN_NONE;
+}
+
+/* writer_status() -> dict: which path writes code, and why; atomic_store: whether an aligned
+ * 8-byte write is one store (atomic call flips are used only then). */
+static PyObject *py_writer_status(PyObject *self, PyObject *unused)
+{
+    int forced, probe_errno;
+    const char *probe_syscall;
+    size_t max_gap, n;
+    unsigned long syscalls, bytes, alias_maps;
+    pvp_writer_status(&forced, &probe_errno, &probe_syscall, &max_gap, &syscalls, &bytes,
+                      &alias_maps, &n);
+    return Py_BuildValue("{s:s,s:O,s:O,s:i,s:s,s:n,s:k,s:k,s:k,s:n}", "path",
+                         pvp_writer_path(), "forced", forced ? Py_True : Py_False,
+                         "atomic_store", pvp_writer_atomic_store_ok() ? Py_True : Py_False,
+                         "probe_errno", probe_errno,
+                         "probe_syscall", probe_syscall, "max_gap", (Py_ssize_t)max_gap,
+                         "write_syscalls", syscalls, "bytes_written", bytes, "alias_maps",
+                         alias_maps, "code_ranges", (Py_ssize_t)n);
 }
 
 /* add_known_sites(addrs) -> index: addrs is a uint64 array of site starts (any order); the trap
@@ -1468,6 +1435,33 @@ static PyObject *py_trap_counters(PyObject *self, PyObject *unused)
                          ctr_masks_stripped, "slots", (unsigned long)n_slots);
 }
 
+/* sites_match(addrs, lens, flat) -> index of the first site whose bytes are not its part of
+ * flat (16 bytes per site, as apply_batch's old/new), or -1 when every site matches.  What the
+ * registry's record of a group's variant is checked against. */
+static PyObject *py_sites_match(PyObject *self, PyObject *args)
+{
+    Py_buffer addrs, lens, flat;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &addrs, &lens, &flat))
+        return NULL;
+    size_t n = (size_t)lens.len;
+    long bad = -1;
+    if ((size_t)addrs.len != n * 8 || (size_t)flat.len != n * 16) {
+        PyErr_SetString(PyExc_TypeError, "sites_match: buffer sizes do not agree");
+    } else {
+        const uint64_t *pa = addrs.buf;
+        const uint8_t *pl = lens.buf, *pf = flat.buf;
+        for (size_t i = 0; i < n; i++)
+            if (pl[i] > 16 || memcmp((const void *)(uintptr_t)pa[i], pf + 16 * i, pl[i]) != 0) {
+                bad = (long)i;
+                break;
+            }
+    }
+    PyBuffer_Release(&addrs);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&flat);
+    return PyErr_Occurred() ? NULL : PyLong_FromLong(bad);
+}
+
 /* read(addr, n) -> bytes */
 static PyObject *py_read(PyObject *self, PyObject *args)
 {
@@ -1484,12 +1478,15 @@ PyMethodDef core_poke_methods[] = {
     {"install_trap_handler", py_install_trap_handler, METH_NOARGS,
      "Install the SIGTRAP handler (chaining to the previous one) unless it is already there."},
     {"text_segment", py_text_segment, METH_O, "Executable segment holding an address."},
-    {"remap_text", py_remap_text, METH_VARARGS, "Move text into a memfd with an rw alias."},
-    {"map_code", py_map_code, METH_VARARGS, "Fresh code memory: r-x view and rw alias."},
+    {"register_text", py_register_text, METH_VARARGS, "Make text a code range pvpatch writes."},
+    {"map_code", py_map_code, METH_VARARGS, "Fresh r-x code memory; returns its address."},
+    {"write_code", py_write_code, METH_VARARGS, "Write bytes into a code range (no protocol)."},
+    {"writer_status", py_writer_status, METH_NOARGS, "The writer's path and counters."},
     {"add_known_sites", py_add_known_sites, METH_O, "Register site start addresses."},
     {"sync", py_sync, METH_NOARGS, "membarrier SYNC_CORE."},
     {"membarrier_status", py_membarrier_status, METH_NOARGS, "(registered, errno)."},
     {"trap_counters", py_trap_counters, METH_NOARGS, "Trap handler counters."},
     {"read", py_read, METH_VARARGS, "Read bytes from memory."},
+    {"sites_match", py_sites_match, METH_VARARGS, "First site not holding the given bytes."},
     {NULL, NULL, 0, NULL},
 };
