@@ -295,3 +295,29 @@ def test_mask_while_threads_run_the_sites():
     for s in sites:  # every gate open again where the CPU has the feature
         needs = set(descriptor.feature_names(s.impls["native"].needs))
         assert needs and live_kind(s) == ("inline" if needs <= detected else "call")
+
+
+def test_refused_rerender_changes_neither_sites_nor_mask():
+    """A foreign int3 in a gated site (a debugger's breakpoint) makes the re-render batch refuse:
+    no byte changes, the mask stays as it was, and the next mask after the int3 is gone works."""
+    if "popcnt" not in pvpatch.features()["detected"]:
+        pytest.skip("this CPU has no POPCNT")
+    pvpatch.unmask_features(pvpatch.features()["masked"])
+    [pop] = sites_of("bits", "popcount")
+    [clz] = sites_of("bits", "clz")
+    first = _core.read(pop.addr, 1)
+    before = {s.addr: _core.read(s.addr, s.length) for s in (pop, clz)}
+    _core.write_code(pop.addr, b"\xcc")  # no thread runs this site meanwhile
+    try:
+        with pytest.raises(pvpatch.BatchRefused, match=r"bits\.popcount.*Nothing was written"):
+            pvpatch.mask_features({"popcnt", "lzcnt"})
+        assert pvpatch.features()["masked"] == []
+        assert _core.read(clz.addr, clz.length) == before[clz.addr]  # one batch: clz untouched
+        assert _core.read(pop.addr, pop.length) == b"\xcc" + before[pop.addr][1:]
+    finally:
+        _core.write_code(pop.addr, first)
+    assert pop.kinds["native"] == "inline" and pop.gate("native") == "needs popcnt"
+    pvpatch.mask_features({"popcnt", "lzcnt"})
+    assert live_kind(pop) == "call" and _core.bits_popcount(7) == 3
+    pvpatch.unmask_features({"popcnt", "lzcnt"})
+    assert live_kind(pop) == "inline" and _core.bits_popcount(7) == 3
