@@ -16,6 +16,7 @@ import os
 from . import _core
 from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
                      SiteError, SyscallError)
+from .cpufeatures import features, mask_features, unmask_features
 from .patcher import (current, events, register_desc, register_module, registry,
                       runtime_patch, set_transition)
 
@@ -45,5 +46,6 @@ def auto(hints_path: str | None = None, **kwargs):
 
 
 __all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
-           "SiteError", "SyscallError", "current", "events", "get_include", "register_desc",
-           "register_module", "registry", "runtime_patch", "set_transition", "core_module"]
+           "SiteError", "SyscallError", "current", "events", "features", "get_include",
+           "mask_features", "register_desc", "register_module", "registry", "runtime_patch",
+           "set_transition", "unmask_features", "core_module"]

@@ -21,7 +21,8 @@ def site_rows() -> list[dict]:
             code = patcher.site_bytes(s)
             rows.append({"module": m.name, "section": s.section, "address": s.addr,
                          "length": s.length, "group": s.group, "op": s.op, "variant": variant,
-                         "kind": s.kinds.get(variant, "?"), "bytes": code.hex()})
+                         "kind": s.kinds.get(variant, "?"), "bytes": code.hex(),
+                         "gate": s.gate(variant) if s.section == "runtime" else ""})
     rows.sort(key=lambda r: r["address"])
     return rows
 
@@ -76,6 +77,8 @@ def run(args) -> int:
                 f"{r['group'] + '.' + r['op']:<16} {r['variant']:<8} {r['kind']:<7} {r['bytes']}")
         if args.disasm:
             line += f"  {r['disasm']}"
+        if r["gate"]:  # a feature-gated template, or one that could not be checked
+            line += f"  [{r['gate']}]"
         print(line)
     return 0
 
@@ -84,7 +87,8 @@ def register(sub) -> None:
     p = sub.add_parser("sites", help="list every patchable site and its current rendering",
                        description="Every site of every registered module: module, section "
                                    "(runtime or boot), address, length, group.op, current "
-                                   "variant and current bytes.")
+                                   "variant and current bytes; in brackets, a CPU-feature gate "
+                                   "of the site's template, or why its template is not used.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--disasm", action="store_true", help="disassemble each site (capstone)")
     p.add_argument("--footprint", action="store_true",

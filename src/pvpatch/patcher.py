@@ -366,3 +366,49 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def site_bytes(site: Site) -> bytes:
     return _read(site.addr, site.length)
+
+
+# ---- re-rendering (CPU feature gates) -------------------------------------------------------
+
+def rerender(effective: int) -> PatchEvent:
+    """Re-render every runtime site whose rendering depends on the CPU features (templates
+    gated with PVPATCH_IMPL_NEEDS_*) for the feature set `effective`, in one batch of the
+    ordinary protocol.  No group changes variant.  The commit reads the bytes back, as
+    runtime_patch's does: a site takes its new renderings (of every variant) only if it holds
+    the new rendering of its current variant, and `registry.effective` changes only if every
+    site does.  A refused batch writes nothing, so it changes nothing."""
+    with _lock:
+        ev = PatchEvent(time.time(), {}, kind="features")
+        t0 = time.perf_counter()
+        _reconcile(list(registry.groups))
+        plan = registry.plan_rerender(effective)
+        cur = {s.addr: registry.groups[s.group].current for _, s, _ in plan}
+        todo = [(s, ch[cur[s.addr]][1]) for _, s, ch in plan if cur[s.addr] in ch]
+        res = None
+        try:
+            res = _apply([(array("Q", [s.addr for s, _ in todo]),
+                           bytes(s.length for s, _ in todo),
+                           b"".join(s.renderings[cur[s.addr]].ljust(STRIDE, b"\0")
+                                    for s, _ in todo),
+                           b"".join(code.ljust(STRIDE, b"\0") for _, code in todo))])
+            _account(ev, res)
+        finally:
+            # The commit, from the bytes.
+            landed = {s.addr for s, code in todo if _read(s.addr, s.length) == code}
+            touched = {}
+            for m, s, changed in plan:
+                if cur[s.addr] in changed and s.addr not in landed:
+                    continue
+                for v, (kind, code) in changed.items():
+                    s.kinds[v], s.renderings[v] = kind, code
+                touched[id(m)] = m
+            for m in touched.values():
+                m.build_tables()
+            if len(landed) == len(todo):
+                registry.effective = effective
+        ev.duration_s = time.perf_counter() - t0
+        events.append(ev)
+        if res.get("late_sync_errno"):
+            e = res["late_sync_errno"]
+            raise syscall_error(OSError(e, os.strerror(e), "membarrier"))
+        return ev

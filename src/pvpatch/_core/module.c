@@ -5,6 +5,7 @@
  */
 #include "core.h"
 #include "bench_call.h"
+#include "bits_sites.h"
 #include "lock_sites.h"
 #include "selftest_sites.h"
 
@@ -16,6 +17,8 @@ static const struct pvpatch_group core_groups[] = {
                                 core_lock_ops, PVPATCH_NOPS(lock)},
     [PVPATCH_GROUP_ID(bench_call)] = {"bench_call", core_bench_call_variants, 1, 0,
                                       core_bench_call_ops, PVPATCH_NOPS(bench_call)},
+    [PVPATCH_GROUP_ID(bits)] = {"bits", core_bits_variants, 1, 0, core_bits_ops,
+                                PVPATCH_NOPS(bits)},
 };
 
 PVPATCH_MODULE("pvpatch._core", core_groups);
@@ -33,6 +36,7 @@ static PyMethodDef *const tables[] = {
     core_traptest_methods,
     core_masks_methods,
     core_forktest_methods,
+    core_bits_methods,
 };
 
 static struct PyModuleDef core_module = {

@@ -47,7 +47,7 @@
 
 #include <stdint.h>
 
-#define PVPATCH_ABI_VERSION 1
+#define PVPATCH_ABI_VERSION 2 /* 2: CPU feature bits in pvpatch_impl.flags */
 #define PVPATCH_MODULE_MAGIC 0x54505650u /* "PVPT" little-endian */
 
 #define PVPATCH_SITE_MIN 6  /* the default rendering: ff 15 rel32 */
@@ -69,7 +69,10 @@ struct pvpatch_site {
 
 /* One implementation of one op: a function (always) and optionally a one-instruction,
  * position-independent inline template that does the same thing, or PVPATCH_IMPL_NOP when the
- * implementation does nothing at all (sites then render as one NOP; the result is undefined). */
+ * implementation does nothing at all (sites then render as one NOP; the result is undefined).
+ * A template must follow the template ABI (docs/extensions.md): one whole instruction, no
+ * RIP-relative operand, no control flow, no stack, writes only to rax rcx rdx rsi rdi r8-r11,
+ * the flags and memory.  Registration refuses a template that breaks it. */
 struct pvpatch_impl {
     void *fn;
     const uint8_t *tmpl;
@@ -77,6 +80,17 @@ struct pvpatch_impl {
     uint32_t flags;
 };
 #define PVPATCH_IMPL_NOP 0x01
+/* CPU features the template needs (the kernel's ALTERNATIVE): the template is rendered only on a
+ * CPU that has every one named and while policy has not masked any (pvpatch.mask_features());
+ * otherwise the site calls fn, which must run on every x86-64 CPU.  Masking and unmasking
+ * re-render the sites while threads run them.  Flags the reader does not know are refused. */
+#define PVPATCH_IMPL_NEEDS_POPCNT 0x0100u  /* CPUID.01H:ECX.POPCNT[23] */
+#define PVPATCH_IMPL_NEEDS_LZCNT 0x0200u   /* CPUID.80000001H:ECX.LZCNT[5] */
+#define PVPATCH_IMPL_NEEDS_BMI1 0x0400u    /* CPUID.(07H,0):EBX.BMI1[3] */
+#define PVPATCH_IMPL_NEEDS_BMI2 0x0800u    /* CPUID.(07H,0):EBX.BMI2[8] */
+#define PVPATCH_IMPL_NEEDS_AVX2 0x1000u    /* CPUID.(07H,0):EBX.AVX2[5], and the OS saves YMM */
+#define PVPATCH_IMPL_NEEDS_MOVBE 0x2000u   /* CPUID.01H:ECX.MOVBE[22] */
+#define PVPATCH_IMPL_NEEDS_AVX512F 0x4000u /* CPUID.(07H,0):EBX.AVX512F[16], OS saves ZMM/k */
 
 struct pvpatch_op {
     const char *name;
