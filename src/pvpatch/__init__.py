@@ -11,7 +11,7 @@ core declares) and patches its sites to their current variants.
 """
 from __future__ import annotations
 
-import os
+from pvpatch_build import get_include  # side-effect free: extensions' builds import only it
 
 from . import _core
 from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
@@ -27,12 +27,11 @@ if getattr(_core, "ABI", None) != _CORE_ABI:  # pragma: no cover - a stale build
                       f"Python package ({_CORE_ABI}); reinstall: pip install --force-reinstall .")
 
 
-def get_include() -> str:
-    """The directory holding pvpatch.h, for extensions that declare their own sites."""
-    return os.path.join(os.path.dirname(__file__), "include")
-
-
 core_module = register_module(_core)
+
+#: The C API for extensions (include/pvpatch.h: pvpatch_import_api()), exported only once the
+#: core is registered, so that no C caller can switch or lock before the core's sites are live.
+_C_API = _core._C_API
 
 from . import locks  # noqa: E402  (the lock group owns its transitions: docs/locks.md)
 

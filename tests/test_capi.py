@@ -1,0 +1,108 @@
+"""The C API (include/pvpatch.h, "the C API"; src/pvpatch/_core/capi.c) from an extension built
+with gcc: switching and querying groups with and without the GIL, from a thread Python never
+saw, and pvpatch_lock_t going through the core's switchable lock sites."""
+import errno
+import importlib.util
+import os
+import subprocess
+import sysconfig
+
+import pytest
+
+import pvpatch
+from pvpatch import _core
+
+SOURCE = os.path.join(os.path.dirname(__file__), "capi_ext", "capi_test.c")
+
+
+@pytest.fixture(scope="module")
+def ext(tmp_path_factory):
+    out = tmp_path_factory.mktemp("capi") / ("capi_test" + sysconfig.get_config_var("EXT_SUFFIX"))
+    cmd = ["gcc", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra",
+           "-Wno-unused-parameter", "-Werror", "-pthread",
+           f"-I{sysconfig.get_paths()['include']}", f"-I{pvpatch.get_include()}", SOURCE,
+           "-o", str(out)]
+    subprocess.run(cmd, check=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("capi_test", out)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    pvpatch.runtime_patch({"selftest": "native", "lock": "native"})
+
+
+def test_capsule_is_versioned_table():
+    assert type(pvpatch._C_API).__name__ == "PyCapsule"
+    assert 'pvpatch._C_API' in repr(pvpatch._C_API)
+
+
+def test_switch_and_current_with_the_gil(ext):
+    ext.switch("selftest", "pv")
+    assert pvpatch.current()["selftest"] == "pv" == ext.current("selftest")
+    ext.switch("selftest", "native")
+    assert ext.current("selftest") == "native"
+
+
+def test_errors_with_the_gil_are_exceptions(ext):
+    with pytest.raises(pvpatch.RegistryError, match="unknown group 'nosuch'"):
+        ext.switch("nosuch", "pv")
+    with pytest.raises(pvpatch.RegistryError, match="unknown variant of group 'selftest' 'x'"):
+        ext.switch("selftest", "x")
+    with pytest.raises(ValueError, match="group is NULL"):
+        ext.switch_null(0)
+    with pytest.raises(ValueError, match="variant is NULL"):
+        ext.switch_null(1)
+    with pytest.raises(pvpatch.RegistryError, match="unknown group 'nosuch'"):
+        ext.current("nosuch")
+    with pytest.raises(ValueError, match="needs 7 bytes, buf has 3"):
+        ext.current("selftest", 3)
+    assert pvpatch.current()["selftest"] == "native"  # nothing changed
+
+
+def test_without_the_gil(ext):
+    assert ext.switch_nogil("selftest", "pv") == (0, 0)
+    assert pvpatch.current()["selftest"] == "pv"
+    assert ext.switch_nogil("selftest", "bogus") == (-1, errno.EINVAL)
+    assert pvpatch.current()["selftest"] == "pv"
+    assert ext.switch_nogil("selftest", "native") == (0, 0)
+
+
+def test_from_a_foreign_thread(ext):
+    assert ext.switch_from_thread("selftest", "pv") == (0, 0, "pv")
+    assert pvpatch.current()["selftest"] == "pv"
+    assert ext.switch_from_thread("nosuch", "pv") == (-1, errno.EINVAL, None)
+    assert ext.switch_from_thread("selftest", "native") == (0, 0, "native")
+
+
+def test_trylock(ext):
+    assert ext.trylock_pair() == (1, 0, 1)
+
+
+@pytest.mark.parametrize("variant,sleeps", [("native", False), ("pv", True)])
+def test_lock_follows_the_lock_group(ext, variant, sleeps):
+    """A waiter on an extension's pvpatch_lock_t behaves as the lock group's current variant:
+    under pv it sleeps on the lock word once its spin bound is spent, under native it never
+    sleeps.  So the extension's lock calls run the core's switchable sites."""
+    pvpatch.runtime_patch({"lock": variant})
+    before = _core.lock_stats()["head_sleep"]
+    ext.hold_with_waiter(300)
+    slept = _core.lock_stats()["head_sleep"] - before
+    pvpatch.runtime_patch({"lock": "native"})
+    assert (slept > 0) == sleeps, (variant, slept)
+
+
+def test_lock_stress_across_switches(ext):
+    """8 threads lock one pvpatch_lock_t while the C caller switches the lock group 300 times
+    through pv, hybrid, native, pv, native, ... from C: every increment counted, nobody ever
+    inside together, no lost wake-up."""
+    pvpatch.runtime_patch({"lock": "native"})
+    late0 = _core.lock_stats()["late_wakeups"]
+    r = ext.lock_stress(8, 300, ("pv", "hybrid", "native", "pv", "native"), 120.0)
+    state = {"result": r, "threads": _core.lock_threads(True), "stats": _core.lock_stats()}
+    assert not r["hung"], state
+    assert r["threads"] == 8, state
+    assert r["failures"] == 0, state
+    assert r["counter"] == r["expected"] > 0, state
+    assert r["switch_errors"] == 0, state
+    assert r["switches"] == 300, state
+    assert _core.lock_stats()["late_wakeups"] == late0, state
+    pvpatch.runtime_patch({"lock": "native"})
