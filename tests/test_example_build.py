@@ -37,7 +37,12 @@ def wheelhouse(tmp_path_factory):
     """pvpatch's wheel, the wheels it depends on, and setuptools and wheel (the example's other
     build requirements)."""
     d = tmp_path_factory.mktemp("wheelhouse")
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), ROOT, "setuptools>=68",
+    # From a copy of the checkout: a build leaves build/ and *.egg-info behind.
+    src = tmp_path_factory.mktemp("pvpatch_src") / "pvpatch"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.so",
+        ".pytest_cache"))
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), str(src), "setuptools>=68",
           "wheel"], timeout=600)
     assert any(n.startswith("pvpatch-") for n in os.listdir(d)), os.listdir(d)
     return d

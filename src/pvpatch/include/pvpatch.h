@@ -353,8 +353,9 @@ static inline int pvpatch_export(PyObject *module, const struct pvpatch_module *
  *       pvpatch.runtime_patch({group: variant}): 0, or -1 with a Python exception set.  Takes
  *       the GIL if the calling thread does not hold it (any thread may call it, including one
  *       that Python never saw); such a caller gets -1 with errno set (the exception's errno, or
- *       EINVAL) and the exception is cleared, since it has no Python frame to go to.  Never
- *       call it holding a pvpatch_lock_t: switching the `lock` group may wait for lock holders.
+ *       EINVAL) and the exception is cleared, since it has no Python frame to go to.  Do not
+ *       call it (or pvpatch_current) holding a pvpatch_lock_t that a thread holding the GIL
+ *       may wait for: it takes the GIL.
  *   int pvpatch_current(const char *group, char *buf, size_t size)
  *       The group's current variant, NUL-terminated, into buf: 0, or -1 with an exception
  *       (unknown group: pvpatch.RegistryError; buf too small: ValueError), GIL as above.
