@@ -128,7 +128,7 @@ class ProcMem:
             out += chunk
         raise RemoteError(f"process {self.pid}: unterminated string at {addr:#x}")
 
-    def struct(self, ctype, addr: int):
+    def read_struct(self, ctype, addr: int):
         return ctype.from_buffer_copy(self.read(addr, ctypes.sizeof(ctype)))
 
 
@@ -194,7 +194,7 @@ def _records(mem: ProcMem, start: int, stop: int, section: str):
 
 def module_rows(mem: ProcMem, obj: _Object) -> tuple[str, list[dict]]:
     addr = obj.base + obj.desc_vaddr
-    m = mem.struct(CModule, addr)
+    m = mem.read_struct(CModule, addr)
     if m.magic != MODULE_MAGIC or m.abi_version != ABI_VERSION:
         raise RemoteError(f"process {mem.pid}: {obj.path}: descriptor at {addr:#x} has magic "
                           f"{m.magic:#x} / ABI {m.abi_version}, expected {MODULE_MAGIC:#x} / "
@@ -204,7 +204,7 @@ def module_rows(mem: ProcMem, obj: _Object) -> tuple[str, list[dict]]:
     modname = mem.cstr(mem.ptr(addr + CModule.name.offset))
     groups = []
     for gi in range(m.ngroups):
-        g = mem.struct(CGroup, m.groups + gi * ctypes.sizeof(CGroup))
+        g = mem.read_struct(CGroup, m.groups + gi * ctypes.sizeof(CGroup))
         if g.nvariants > MAX_VARIANTS or g.nops > MAX_GROUPS:
             raise RemoteError(f"process {mem.pid}: {obj.path}: group {gi} is malformed")
         gname = mem.cstr(mem.ptr(m.groups + gi * ctypes.sizeof(CGroup) + CGroup.name.offset))
@@ -212,10 +212,10 @@ def module_rows(mem: ProcMem, obj: _Object) -> tuple[str, list[dict]]:
         ops = []
         for oi in range(g.nops):
             oat = g.ops + oi * ctypes.sizeof(COp)
-            op = mem.struct(COp, oat)
+            op = mem.read_struct(COp, oat)
             impls = []
             for vi in range(g.nvariants):
-                im = mem.struct(CImpl, op.impls + vi * ctypes.sizeof(CImpl))
+                im = mem.read_struct(CImpl, op.impls + vi * ctypes.sizeof(CImpl))
                 tmpl = mem.read(im.tmpl, im.tmpl_len) if im.tmpl and 0 < im.tmpl_len <= 15 \
                     else None
                 impls.append((im.fn or 0, tmpl, bool(im.flags & IMPL_NOP)))
