@@ -56,6 +56,18 @@ CHILD = textwrap.dedent(r"""
             print(json.dumps({"ok": True}), flush=True)
         elif cmd[0] == "rows":
             print(json.dumps(site_rows()), flush=True)
+        elif cmd[0] == "storm":             # switch demo and selftest n times, in a thread
+            import threading
+            def storm(n=int(cmd[1])):
+                for i in range(n):
+                    v = ("pv", "native")[i % 2]
+                    pvpatch.runtime_patch({"demo": v, "selftest": v})
+            t = threading.Thread(target=storm)
+            t.start()
+            print(json.dumps({"ok": True}), flush=True)
+        elif cmd[0] == "join":
+            t.join(60)
+            print(json.dumps({"alive": t.is_alive()}), flush=True)
 """)
 
 
@@ -110,6 +122,23 @@ def test_pid_reads_what_the_process_itself_sees(child):
     assert {(r["op"], r["variant"], r["kind"]) for r in demo_rows} == \
         {("scale", "native", "call"), ("clear", "native", "inline")}
     assert {r["module"] for r in theirs} == {"demo", "pvpatch._core"}
+
+
+def test_pid_while_the_process_switches(child):
+    """Reads taken while the other process patches: every site is one of its group's variants
+    or caught mid-batch (int3 first), never unreadable, never an unknown rendering."""
+    child.ask("storm 2000")
+    seen = set()
+    for _ in range(15):
+        r = run_cli("--pid", str(child.pid), "--json", "--disasm")
+        assert r.returncode == 0, r.stderr
+        for row in json.loads(r.stdout):
+            if row["group"] in ("demo", "selftest") and row["section"] == "runtime":
+                assert row["variant"] in ("pv", "native", "patching") or \
+                    set(row["variant"].split("|")) <= {"pv", "native"}, row
+                seen.add(row["variant"])
+    assert child.ask("join") == {"alive": False}
+    assert seen & {"pv", "native"}, seen
 
 
 def test_pid_disasm(child):
