@@ -1,11 +1,14 @@
 """The C API (include/pvpatch.h, "the C API"; src/pvpatch/_core/capi.c) from an extension built
 with gcc: switching and querying groups with and without the GIL, from a thread Python never
 saw, and pvpatch_lock_t going through the core's switchable lock sites."""
+import ctypes
 import errno
 import importlib.util
 import os
+import struct
 import subprocess
 import sysconfig
+import textwrap
 
 import pytest
 
@@ -31,8 +34,16 @@ def ext(tmp_path_factory):
 
 
 def test_capsule_is_versioned_table():
-    assert type(pvpatch._C_API).__name__ == "PyCapsule"
-    assert 'pvpatch._C_API' in repr(pvpatch._C_API)
+    """The capsule holds {version, size, 5 function pointers into the core's text}."""
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    addr = get(pvpatch._C_API, b"pvpatch._C_API")
+    version, size = struct.unpack("<II", ctypes.string_at(addr, 8))
+    assert (version, size) == (1, 8 + 5 * 8)
+    fns = struct.unpack("<5Q", ctypes.string_at(addr + 8, 40))
+    core_path = _core.text_segment(fns[0])[2]
+    assert core_path == _core.__file__
+    assert all(_core.text_segment(f)[2] == core_path for f in fns)
 
 
 def test_switch_and_current_with_the_gil(ext):
@@ -111,3 +122,34 @@ def test_lock_stress_across_switches(ext):
     assert r["switches"] == 300, state
     assert _core.lock_stats()["late_wakeups"] == late0, state
     pvpatch.runtime_patch({"lock": "native"})
+
+
+def test_import_api_refuses_another_version(tmp_path):
+    """An extension built against a header of another API version fails to import with an
+    ImportError that says to rebuild (the header is this one with the version changed)."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    header = open(os.path.join(pvpatch.get_include(), "pvpatch.h")).read()
+    assert "#define PVPATCH_API_VERSION 1\n" in header
+    (inc / "pvpatch.h").write_text(header.replace("#define PVPATCH_API_VERSION 1\n",
+                                                  "#define PVPATCH_API_VERSION 2\n"))
+    src = tmp_path / "apiv2.c"
+    src.write_text(textwrap.dedent("""
+        #include <Python.h>
+        #include "pvpatch.h"
+        static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, .m_name = "apiv2", .m_size = -1};
+        PyMODINIT_FUNC PyInit_apiv2(void)
+        {
+            if (pvpatch_import_api() < 0)
+                return NULL;
+            return PyModule_Create(&def);
+        }
+    """))
+    out = tmp_path / ("apiv2" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
+                    f"-I{inc}", str(src), "-o", str(out)], check=True, timeout=120)
+    spec = importlib.util.spec_from_file_location("apiv2", out)
+    with pytest.raises(ImportError, match=r"pvpatch C API version 1 \(48 bytes\) is installed, "
+                                          r"this extension was built against version 2 .*"
+                                          r"rebuild it"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -129,8 +129,8 @@ def test_pid_reads_what_the_process_itself_sees(child):
 
 
 def test_pid_while_the_process_switches(child):
-    """Reads taken while the other process switches without pause: every site is one of its group's variants
-    or caught mid-batch (int3 first), never unreadable, never an unknown rendering."""
+    """Reads taken while the other process switches without pause: every site is one of its
+    group's variants or caught mid-batch (int3 first), never unreadable, never unknown."""
     child.ask("storm")
     seen = set()
     for _ in range(15):
