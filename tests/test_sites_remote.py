@@ -5,6 +5,7 @@ without pvpatch at all; a dead pid; a process we may not read."""
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -166,6 +167,24 @@ def test_pid_of_a_process_that_did_not_register(demo_dir):
         c.close()
     assert rows and {r["module"] for r in rows} == {"demo"}
     assert all(r["variant"] == r["kind"] == "default" and not r["registered"] for r in rows)
+
+
+def test_pid_after_the_file_was_deleted(demo_dir, tmp_path):
+    """An extension rebuilt or removed while the process runs: its mapping still says what it
+    is (read through /proc/PID/map_files)."""
+    d = tmp_path / "copy"
+    d.mkdir()
+    name = next(n for n in os.listdir(demo_dir) if n.startswith("demo"))
+    shutil.copy(os.path.join(demo_dir, name), d / name)
+    c = Child(str(d), "registered")
+    try:
+        c.ask("switch demo pv")
+        os.unlink(d / name)
+        rows = remote(c.pid)
+    finally:
+        c.close()
+    demo_rows = [r for r in rows if r["module"] == "demo"]
+    assert {(r["op"], r["variant"]) for r in demo_rows} == {("scale", "pv"), ("clear", "pv")}
 
 
 def test_pid_errors():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno as errno_mod
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -139,19 +140,39 @@ class _Object:
     desc_vaddr: int
 
 
-def _site_objects(maps: list[Mapping]) -> list[_Object]:
+def _open_mapped(pid: int, m: Mapping):
+    """The file behind a mapping: the mapped file itself through /proc/PID/map_files (right
+    even if the path was replaced or deleted since; needs CAP_SYS_ADMIN or checkpoint-restore
+    rights), else the path in the process's root, else the path as it reads here."""
+    path = m.path.removesuffix(" (deleted)")
+    for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{path}",
+                 path):
+        try:
+            return open(cand, "rb")
+        except OSError:
+            continue
+    return None
+
+
+def _site_objects(pid: int, maps: list[Mapping]) -> list[_Object]:
     """Mapped ELF files with pvpatch site sections, with their load base."""
     by_path: dict[str, list[Mapping]] = {}
     for m in maps:
-        if m.path.startswith("/") and not m.path.endswith(" (deleted)"):
+        if m.path.startswith("/") and not m.path.startswith("/memfd:"):
             by_path.setdefault(m.path, []).append(m)
     out = []
     for path, ms in by_path.items():
         # Any mapping of the file counts: once registered, an object's executable segment may
         # be a memfd copy of its text (see patcher), while its other segments keep the path.
+        first = min(ms, key=lambda m: m.offset)
+        f = _open_mapped(pid, first)
+        if f is None:
+            continue
+        path = path.removesuffix(" (deleted)")
         try:
-            with open(path, "rb") as f:
-                if f.read(4) != b"\x7fELF":
+            with f:
+                # Regular files only: reading a mapped device could have side effects.
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or f.read(4) != b"\x7fELF":
                     continue
                 f.seek(0)
                 elf = ELFFile(f)
@@ -168,7 +189,6 @@ def _site_objects(maps: list[Mapping]) -> list[_Object]:
                 if elf["e_type"] == "ET_EXEC":
                     base = 0
                 else:
-                    first = min(ms, key=lambda m: m.offset)
                     seg = next((s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
                                 s["p_offset"] & ~0xFFF <= first.offset <
                                 s["p_offset"] + s["p_filesz"]), None)
@@ -279,7 +299,7 @@ def site_rows(pid: int) -> list[dict]:
     if pid <= 0:
         raise RemoteError(f"pid {pid} is not a process id", errno_mod.EINVAL)
     maps = read_maps(pid)
-    objs = _site_objects(maps)
+    objs = _site_objects(pid, maps)
     if not objs:
         raise RemoteError(f"process {pid} ({_comm(pid)}) maps no object with pvpatch sites "
                           f"(no pvpatch_runtime or pvpatch_boot section): it does not use "
