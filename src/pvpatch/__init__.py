@@ -7,7 +7,9 @@ switched while threads run them::
     pvpatch.runtime_patch({"selftest": "pv"})
 
 Importing pvpatch registers its own C core (the `selftest` group and, with it, every group the
-core declares) and patches its sites to their current variants.
+core declares) and patches its sites to their current variants.  A build that needs only the
+header imports `pvpatch_build` instead, which does none of that (docs/writing-an-extension.md).
+C extensions reach pvpatch through the `_C_API` capsule (docs/extensions.md, "The C API").
 """
 from __future__ import annotations
 
