@@ -153,3 +153,19 @@ def test_import_api_refuses_another_version(tmp_path):
                                           r"this extension was built against version 2 .*"
                                           r"rebuild it"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_auto_switches_extension_locks(ext, tmp_path):
+    """pvpatch.auto() with no hint page falls back to the safe default, lock -> pv, and an
+    extension's pvpatch_lock_t follows: its waiter sleeps on the lock word."""
+    pvpatch.runtime_patch({"lock": "native"})
+    with pvpatch.auto(str(tmp_path / "no-page"), min_dwell_s=0.0, poll_s=0.05) as h:
+        assert h.wait_events(1, 20.0), (h.decisions, h.events)
+        assert pvpatch.current()["lock"] == "pv" == ext.current("lock")
+        before = _core.lock_stats()["head_sleep"]
+        for ms in (300, 1000, 2000):
+            ext.hold_with_waiter(ms)
+            if _core.lock_stats()["head_sleep"] > before:
+                break
+        assert _core.lock_stats()["head_sleep"] > before
+    pvpatch.runtime_patch({"lock": "native"})
