@@ -201,7 +201,9 @@ def test_pid_errors():
     assert r.returncode == 2, r.stderr
     assert f"process {sleeper.pid} (sleep) maps no object with pvpatch sites" in r.stderr
     r = run_cli("--pid", "0")
-    assert r.returncode == 2 and "pid 0 is not a process id" in r.stderr
+    assert r.returncode == 2 and "argument --pid: 0 is out of range" in r.stderr, r.stderr
+    r = run_cli("--import", "")
+    assert r.returncode == 2 and "argument --import: empty module name" in r.stderr, r.stderr
     r = run_cli("--pid", "1", "--import", "json")
     assert r.returncode == 2 and "--pid reads another process" in r.stderr
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 
-from . import elfsites, patcher
+from . import cliargs, elfsites, patcher
 from .descriptor import SITE_RECORD_SIZE
 
 
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit
 JSON_SCHEMA = 1  # --footprint --json; bumped when a field changes meaning
 
 
@@ -125,9 +126,10 @@ def register(sub) -> None:
     p.add_argument("--footprint", action="store_true",
                    help="section sizes, as objdump -h prints them, and bytes per site record")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   type=cliargs.nonempty("module name"),
                    help="import MODULE first and register it if it exports __pvpatch__ "
                         "(repeatable)")
-    p.add_argument("--pid", type=int, metavar="PID",
+    p.add_argument("--pid", type=cliargs.integer(1, PID_MAX), metavar="PID",
                    help="list the sites of process PID instead, read-only from /proc/PID/maps, "
                         "the ELF files and /proc/PID/mem (variant derived from the live bytes; "
                         "'default': the module is not registered there)")
