@@ -135,6 +135,7 @@ static void *worker(void *p)
         if (__atomic_fetch_sub(&inside, 1, __ATOMIC_RELAXED) != 1)
             __atomic_fetch_add(&failures, 1, __ATOMIC_RELAXED);
         pvpatch_unlock(&the_lock);
+        __atomic_store_n(&w->iters, i + 1, __ATOMIC_RELAXED); /* progress, for the switcher */
     }
     w->iters = i;
     __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
@@ -148,19 +149,20 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* lock_stress(threads, switches, variants, timeout) -> dict.  `threads` pthreads lock the_lock
- * in a loop (every 16th time through trylock) while this thread, GIL released, switches the
- * `lock` group through `variants` in turn from C, `switches` times; then the workers stop.
+/* lock_stress(threads, switches, min_iters, variants, timeout) -> dict.  `threads` pthreads
+ * lock the_lock in a loop (every 16th time through trylock) while this thread, GIL released,
+ * switches the `lock` group through `variants` in turn from C, at least `switches` times and
+ * until every worker has locked `min_iters` times; then the workers stop.
  * Every wait is bounded: past `timeout` s the workers are told to stop and the result says
  * hung. */
 static PyObject *py_lock_stress(PyObject *self, PyObject *args)
 {
     int nthreads;
-    long nswitches;
+    long nswitches, min_iters;
     PyObject *variants;
     double timeout;
-    if (!PyArg_ParseTuple(args, "ilO!d", &nthreads, &nswitches, &PyTuple_Type, &variants,
-                          &timeout))
+    if (!PyArg_ParseTuple(args, "illO!d", &nthreads, &nswitches, &min_iters, &PyTuple_Type,
+                          &variants, &timeout))
         return NULL;
     Py_ssize_t nv = PyTuple_GET_SIZE(variants);
     if (nthreads < 1 || nthreads > 64 || nv < 1 || nv > 8)
@@ -184,7 +186,17 @@ static PyObject *py_lock_stress(PyObject *self, PyObject *args)
             break;
         started++;
     }
-    while (switches < nswitches) {
+    /* Switch `nswitches` times, and on until every worker has locked `min_iters` times, so
+     * that the switches overlap the workers' locking whatever the scheduler does. */
+    for (;;) {
+        long least = -1;
+        for (int i = 0; i < started; i++) {
+            long it = __atomic_load_n(&ws[i].iters, __ATOMIC_RELAXED);
+            if (least < 0 || it < least)
+                least = it;
+        }
+        if (switches >= nswitches && least >= min_iters)
+            break;
         if (now() - t0 > timeout) {
             hung = 1;
             break;
