@@ -37,6 +37,9 @@ int core_trap_sigaction(const struct sigaction *act, struct sigaction *old);
 
 #include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
 
+/* capi.c: add the C API capsule `_C_API` to the module */
+int core_capi_export(PyObject *module);
+
 /* selftest_sites.c */
 extern const struct pvpatch_op core_selftest_ops[];
 extern const char *const core_selftest_variants[];

@@ -66,7 +66,8 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "ABI", CORE_ABI) < 0 || pvpatch_export(m, &pvpatch_module) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", CORE_ABI) < 0 || pvpatch_export(m, &pvpatch_module) < 0 ||
+        core_capi_export(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
