@@ -17,7 +17,7 @@ from . import _core
 from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
                      SiteError, SyscallError)
 from .patcher import (current, events, register_desc, register_module, registry,
-                      runtime_patch, set_transition)
+                      runtime_patch, set_transition, unregister_module)
 
 __version__ = "0.1.0"
 _CORE_ABI = 1
@@ -46,4 +46,5 @@ def auto(hints_path: str | None = None, **kwargs):
 
 __all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
            "SiteError", "SyscallError", "current", "events", "get_include", "register_desc",
-           "register_module", "registry", "runtime_patch", "set_transition", "core_module"]
+           "register_module", "registry", "runtime_patch", "set_transition", "unregister_module",
+           "core_module"]
