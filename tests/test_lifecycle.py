@@ -307,3 +307,54 @@ def test_a_collected_module_object_is_unregistered(tmp_path):
     assert holds_default(mod)
     assert scale(21) == 63
     assert pvpatch.current()["lcm"] == "native"
+
+
+def test_a_module_joining_the_lock_group_at_pv(tmp_path):
+    """The lock group's switching is owned by locks.transition and its mode word: a module
+    joining it while it is pv is rendered pv (the mode stays pv, its unlocks kick), and later
+    switches go through the protocol for its sites too.  Exclusion is checked throughout."""
+    import threading
+    from pvpatch import locks
+    out = str(tmp_path / "lk.so")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Werror",
+                    f"-I{pvpatch.get_include()}", os.path.join(HERE, "c", "lifecycle_lock.c"),
+                    "-o", out], check=True, timeout=120)
+    lk = ctypes.CDLL(out)
+    lk.lk_desc.restype = ctypes.c_void_p
+    lk.lk_set.argtypes = [ctypes.c_void_p] * 3
+    lk.lk_hammer.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+    g = next(g for g in pvpatch.core_module.desc.groups if g.name == "lock")
+    ops = {o.name: o for o in g.ops}
+    vi = {v: i for i, v in enumerate(g.variants)}
+    lk.lk_set(ops["lock"].impls[vi["native"]].fn, ops["lock"].impls[vi["pv"]].fn,
+              ops["unlock"].impls[vi["pv"]].fn)
+    word, counter = ctypes.c_uint32(0), ctypes.c_long(0)
+    try:
+        pvpatch.runtime_patch({"lock": "pv"})
+        assert locks.mode() == "pv"
+        mod = pvpatch.register_desc(descriptor.read_module(lk.lk_desc()))
+        assert all(_core.read(s.addr, s.length) == s.renderings["pv"] for s in mod.sites)
+        assert locks.mode() == "pv" and pvpatch.current()["lock"] == "pv"
+        n, iters = 4, 20000
+        threads = [threading.Thread(target=lk.lk_hammer,
+                                    args=(ctypes.addressof(word), ctypes.addressof(counter),
+                                          iters)) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for v in ["native", "pv", "hybrid", "native", "pv"]:
+            pvpatch.runtime_patch({"lock": v})
+            assert locks.mode() == v
+            assert all(_core.read(s.addr, s.length) == s.renderings[v] for s in mod.sites)
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a lock waiter never woke"
+        assert counter.value == n * iters and word.value == 0
+        pvpatch.unregister_module(mod)
+        assert locks.mode() == "pv"
+        pvpatch.runtime_patch({"lock": "native"})
+        assert locks.mode() == "native"
+        assert holds_default(mod)
+    finally:
+        for m in [m for m in pvpatch.registry.modules if m.name == "lc_lock"]:
+            pvpatch.unregister_module(m)
+        pvpatch.runtime_patch({"lock": "native"})
