@@ -330,8 +330,10 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
                           else g.variants[g.native]) for g in desc.groups}
         owner = desc.addr or (1 << 63 | next(_owner_seq))  # generated code: a key of its own
         mod = Module(desc.name, desc, text, runtime, path=path, owner=owner)
-        h = _loaded(path)
-        if h:  # a loaded object: pinned around every batch, dropped when it is unloaded
+        # A loaded object is pinned around every patching call and dropped when it is
+        # unloaded; pvpatch's own core is never unloaded while pvpatch is imported.
+        h = _loaded(path) if desc.name != "pvpatch._core" else 0
+        if h:
             mod.identity = _identity(h)
             _dlclose(h)
         _core.add_known_sites(array("Q", [s.addr for s in runtime + boot]).tobytes(), owner,
