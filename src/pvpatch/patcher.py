@@ -11,10 +11,10 @@ matters.  Each batch is all or nothing in C, with no Python code inside it.
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import contextlib
+import ctypes
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -364,6 +364,7 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         except BaseException:
             if _core.sites_match(addrs.tobytes(), lens, default) == -1:  # nothing written
                 registry.modules.remove(mod)
+                _core.retire_owner(owner)  # its sites are not known any more either
                 for name in [g.name for g in desc.groups]:
                     if name in known_ops:
                         registry.groups[name].ops = known_ops[name]
