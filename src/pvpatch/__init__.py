@@ -20,7 +20,7 @@ from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, Regist
                      SiteError, SyscallError)
 from .cpufeatures import features, mask_features, unmask_features
 from .patcher import (current, events, register_desc, register_module, registry,
-                      runtime_patch, set_transition)
+                      runtime_patch, set_transition, unregister_module)
 
 __version__ = "0.1.0"
 _CORE_ABI = 1
@@ -49,4 +49,4 @@ def auto(hints_path: str | None = None, **kwargs):
 __all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
            "SiteError", "SyscallError", "current", "events", "features", "get_include",
            "mask_features", "register_desc", "register_module", "registry", "runtime_patch",
-           "set_transition", "unmask_features", "core_module"]
+           "set_transition", "unmask_features", "unregister_module", "core_module"]

@@ -136,6 +136,8 @@ class Module:
     boot_variants: dict[str, str] = field(default_factory=dict)  # group -> variant at boot
     boot_bytes_dropped: int = 0
     path: str = ""
+    owner: int = 0          # the key of its site table in the C core (the descriptor address)
+    identity: tuple[int, int] | None = None  # the loaded object's (l_addr, l_ld), if pinnable
 
     def build_tables(self) -> None:
         by_group: dict[str, list[Site]] = {}

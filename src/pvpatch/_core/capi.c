@@ -131,6 +131,7 @@ static int capi_current(const char *group, char *buf, size_t size)
 static void capi_lock(pvpatch_lock_t *l) { pvp_lock_acquire((pvp_lock_t *)l); }
 static void capi_unlock(pvpatch_lock_t *l) { pvp_lock_release((pvp_lock_t *)l); }
 static int capi_trylock(pvpatch_lock_t *l) { return pvp_trylock((pvp_lock_t *)l); }
+static int capi_unregister(const struct pvpatch_module *desc) { return pvpatch_core_unregister(desc); }
 
 static const struct pvpatch_api capi_table = {
     .version = PVPATCH_API_VERSION,
@@ -140,6 +141,7 @@ static const struct pvpatch_api capi_table = {
     .lock = capi_lock,
     .unlock = capi_unlock,
     .trylock = capi_trylock,
+    .unregister = capi_unregister,
 };
 
 int core_capi_export(PyObject *module)

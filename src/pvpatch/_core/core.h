@@ -27,6 +27,10 @@ extern PyMethodDef core_forktest_methods[]; /* forktest.c */
 /* poke.c */
 int core_poke_init(void); /* at import: membarrier registration */
 int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruction */
+/* The C-level unregister (docs/extensions.md, "Lifecycle"), exported as the capsule
+ * pvpatch._core._unregister: forget the module whose descriptor is desc.  0, or -1 when it was
+ * not registered.  Takes only the batch lock: callable from a destructor inside dlclose. */
+int pvpatch_core_unregister(const void *desc);
 
 /* masks.c */
 int core_own_masks(void); /* keep SIGTRAP out of masks set through every object's GOT */

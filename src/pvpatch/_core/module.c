@@ -71,5 +71,15 @@ PyMODINIT_FUNC PyInit__core(void)
         Py_DECREF(m);
         return NULL;
     }
+    /* The C-level unregister, until the C API capsule carries it: an extension takes the
+     * pointer once, with the GIL (PyCapsule_Import("pvpatch._core._unregister", 0)), and may
+     * call it later from anywhere, a destructor included. */
+    PyObject *cap = PyCapsule_New((void *)pvpatch_core_unregister, "pvpatch._core._unregister",
+                                  NULL);
+    if (cap == NULL || PyModule_AddObject(m, "_unregister", cap) < 0) {
+        Py_XDECREF(cap);
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

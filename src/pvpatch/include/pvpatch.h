@@ -401,6 +401,10 @@ struct pvpatch_api {
     void (*lock)(pvpatch_lock_t *l);
     void (*unlock)(pvpatch_lock_t *l);
     int (*trylock)(pvpatch_lock_t *l);
+    /* Forget a module before its code goes away (docs/extensions.md, "Lifecycle"): no GIL, no
+     * loader lock taken, so a destructor run by dlclose may call it.  0, or -1 when the module
+     * was not registered. */
+    int (*unregister)(const struct pvpatch_module *desc);
 };
 
 __attribute__((weak, visibility("hidden"))) const struct pvpatch_api *pvpatch_api_table = 0;
@@ -437,6 +441,7 @@ static inline int pvpatch_import_api(void)
 #define pvpatch_lock(l) (pvpatch_api_table->lock(l))
 #define pvpatch_unlock(l) (pvpatch_api_table->unlock(l))
 #define pvpatch_trylock(l) (pvpatch_api_table->trylock(l))
+#define pvpatch_unregister(desc) (pvpatch_api_table->unregister(desc))
 #endif /* Py_PYTHON_H */
 
 #endif /* PVPATCH_H */
