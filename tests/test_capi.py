@@ -34,16 +34,20 @@ def ext(tmp_path_factory):
 
 
 def test_capsule_is_versioned_table():
-    """The capsule holds {version, size, 5 function pointers into the core's text}."""
+    """The capsule holds {version, size, 6 function pointers into the core's text}."""
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     addr = get(pvpatch._C_API, b"pvpatch._C_API")
     version, size = struct.unpack("<II", ctypes.string_at(addr, 8))
-    assert (version, size) == (1, 8 + 5 * 8)
-    fns = struct.unpack("<5Q", ctypes.string_at(addr + 8, 40))
+    assert (version, size) == (1, 8 + 6 * 8)
+    fns = struct.unpack("<6Q", ctypes.string_at(addr + 8, 48))
     core_path = _core.text_segment(fns[0])[2]
     assert core_path == _core.__file__
     assert all(_core.text_segment(f)[2] == core_path for f in fns)
+    # The last entry, unregister: a descriptor that was never registered is refused.
+    unregister = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(fns[5])
+    bogus = ctypes.create_string_buffer(64)
+    assert unregister(ctypes.addressof(bogus)) == -1
 
 
 def test_switch_and_current_with_the_gil(ext):
@@ -149,7 +153,7 @@ def test_import_api_refuses_another_version(tmp_path):
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
                     f"-I{inc}", str(src), "-o", str(out)], check=True, timeout=120)
     spec = importlib.util.spec_from_file_location("apiv2", out)
-    with pytest.raises(ImportError, match=r"pvpatch C API version 1 \(48 bytes\) is installed, "
+    with pytest.raises(ImportError, match=r"pvpatch C API version 1 \(56 bytes\) is installed, "
                                           r"this extension was built against version 2 .*"
                                           r"rebuild it"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
