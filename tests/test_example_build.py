@@ -42,8 +42,10 @@ def wheelhouse(tmp_path_factory):
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", "*.so",
         ".pytest_cache"))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), str(src), "setuptools>=68",
-          "wheel"], timeout=600)
+    # With the disasm extra (capstone): a third-party template is used inline only once the
+    # decoder has checked it (docs/extensions.md, the template ABI); without it, it is a call.
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), f"{src}[disasm]",
+          "setuptools>=68", "wheel"], timeout=600)
     assert any(n.startswith("pvpatch-") for n in os.listdir(d)), os.listdir(d)
     return d
 
@@ -59,7 +61,7 @@ def example_venv(wheelhouse, tmp_path_factory):
     # Build isolation on (pip's default): pip builds the example in a fresh environment that
     # holds only its build-system.requires, pvpatch among them.
     _run([py, "-m", "pip", "install", "-q", "--no-compile", "--no-index", "--find-links",
-          str(wheelhouse), str(src)], timeout=900, env=_offline_env())
+          str(wheelhouse), "pvpatch[disasm]", str(src)], timeout=900, env=_offline_env())
     return py
 
 

@@ -113,7 +113,7 @@ def run(args) -> int:
                 f"{r['group'] + '.' + r['op']:<16} {r['variant']:<8} {r['kind']:<7} {r['bytes']}")
         if args.disasm:
             line += f"  {r['disasm']}"
-        if r["gate"]:  # a feature-gated template, or one that could not be checked
+        if r.get("gate"):  # a feature-gated template, or one that could not be checked (local rows)
             line += f"  [{r['gate']}]"
         print(line)
     return 0
