@@ -358,3 +358,147 @@ def test_a_module_joining_the_lock_group_at_pv(tmp_path):
         for m in [m for m in pvpatch.registry.modules if m.name == "lc_lock"]:
             pvpatch.unregister_module(m)
         pvpatch.runtime_patch({"lock": "native"})
+
+
+LTO_STORM = r"""
+import ctypes, json, os, sys, threading, time, _ctypes
+import pvpatch
+from pvpatch import _core, descriptor
+sys.path.insert(0, sys.argv[1])
+from test_lifecycle import load, results, register, holds_default, ADD
+
+SWITCHES, THREADS = int(sys.argv[4]), 8
+lt = ctypes.CDLL(sys.argv[2])
+lt.lt_desc.restype = ctypes.c_void_p
+lt.lt_start.argtypes = [ctypes.c_int]
+lt.lt_stats.argtypes = [ctypes.c_void_p]
+other = load(sys.argv[3])
+mlt = pvpatch.register_desc(descriptor.read_module(lt.lt_desc()))
+register(other)
+text, nsites = mlt.text, len(mlt.sites)
+variants = ["native", "pv", "alt"]
+errors, counts = [], {"batches": 0, "calls": 0}
+stop = threading.Event()
+
+def stats():
+    o = (ctypes.c_long * 6)()
+    lt.lt_stats(o)
+    return dict(zip(["calls", "bad", "sent", "handled", "hbad", "last_bad"], o))
+
+def caller():  # the other module's results, checked throughout both phases
+    ok = {3 + v for v in ADD.values()}
+    while not stop.is_set():
+        r = results(other)
+        counts["calls"] += 1
+        if not r <= ok:
+            errors.append(f"other module: {sorted(r)}")
+            return
+
+def storm():  # phase 2: the other module (and the core's selftest group) keep being switched
+    i = 0
+    try:
+        while not stop.is_set():
+            i += 1
+            pvpatch.runtime_patch({"lc": variants[i % 3], "selftest": variants[(i + 1) % 3]})
+            counts["batches"] += 1
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+def finish(**kw):
+    stop.set()
+    for t in threads:
+        t.join(10)
+    kw.update(errors=errors, batches=counts["batches"], other_calls=counts["calls"],
+              alive=[t.name for t in threads if t.is_alive()], nsites=nsites)
+    print(json.dumps(kw))
+    sys.exit(0)
+
+threads = [threading.Thread(target=caller, name="caller", daemon=True)]  # no hang on a raise
+threads[0].start()
+# Phase 1: 8 C threads run the sites of both files, the injector signals them (its handler runs
+# sites of both files), and the lt group is switched SWITCHES times, the lc group with it.
+t0 = time.monotonic()
+rc = lt.lt_start(THREADS)
+if rc != 0:
+    finish(phase="start", rc=rc)
+for i in range(SWITCHES):
+    pvpatch.runtime_patch({"lt": variants[i % 3], "lc": variants[(i + 2) % 3]})
+rc = lt.lt_stop()
+p1 = stats()
+p1["seconds"] = round(time.monotonic() - t0, 2)
+last = variants[(SWITCHES - 1) % 3]
+rendered = all(_core.read(s.addr, s.length) == s.renderings[last] for s in mlt.sites)
+if rc != 0:  # a thread of the library may still run: never unload it then
+    finish(phase="stop", rc=rc, p1=p1)
+# Phase 2: unregister and dlclose the library while the other module keeps being switched.
+threads.append(threading.Thread(target=storm, name="storm", daemon=True))
+threads[-1].start()
+time.sleep(0.2)
+pvpatch.unregister_module(mlt)
+defaults = holds_default(mlt)
+h = lt._handle
+del lt
+_ctypes.dlclose(h)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    with open("/proc/self/maps") as f:
+        if not any(line.startswith(f"{text[0]:x}-") for line in f):
+            break
+    time.sleep(0.01)
+else:
+    finish(phase="unmap", p1=p1)
+# Something else at the library's old text: batches must never write it.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+n = text[1] - text[0]
+got = libc.mmap(text[0], n, 3, 0x22 | 0x100000, -1, 0)  # MAP_FIXED_NOREPLACE
+mapped = got == text[0]
+if mapped:
+    ctypes.memset(got, 0xAB, n)
+b0 = counts["batches"]
+deadline = time.monotonic() + 10
+while counts["batches"] < b0 + 500 and time.monotonic() < deadline and not errors:
+    time.sleep(0.01)
+untouched = mapped and ctypes.string_at(text[0], n) == b"\xab" * n
+finish(phase="done", p1=p1, switches=SWITCHES, rendered=rendered, defaults=defaults, mapped=mapped,
+       untouched=untouched, after=counts["batches"] - b0,
+       modules=[m.name for m in pvpatch.registry.modules])
+"""
+
+
+def test_lto_extension_storm_then_unload_while_another_module_is_patched(tmp_path):
+    """Issue 9's done criterion: an extension with sites in two files (tests/c/lto_ops.c,
+    lto_run.c), built with gcc -O2 -flto, registered, its group switched 10,000 times while 8 C
+    threads run its sites and a signal injector hits them with a handler that runs sites too,
+    then unregistered and dlclosed while another module (lifecycle_lib.c) and the core's
+    selftest group keep being switched and the other module's results checked.  In a child
+    process, so that a crash is a reported failure."""
+    lt = str(tmp_path / "lt_lto.so")
+    other = str(tmp_path / "lc_lto_other.so")
+    inc = f"-I{pvpatch.get_include()}"
+    subprocess.run(["gcc", "-O2", "-flto", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall",
+                    "-Werror", inc, f"-I{os.path.join(HERE, 'c')}",
+                    os.path.join(HERE, "c", "lto_ops.c"), os.path.join(HERE, "c", "lto_run.c"),
+                    "-o", lt, "-lpthread"], check=True, timeout=120)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Werror",
+                    inc, '-DLC_NAME="lc_lto_other"', SRC, "-o", other], check=True, timeout=120)
+    switches = 10000
+    try:
+        p = subprocess.run([sys.executable, "-c", LTO_STORM, HERE, lt, other, str(switches)],
+                           capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the storm did not end in 120 s: {exc.stdout!r} {exc.stderr!r}")
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-3000:])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    print(json.dumps(out))  # the figures, shown with pytest -s
+    assert out["phase"] == "done" and out["errors"] == [] and out["alive"] == [], out
+    p1 = out["p1"]
+    assert p1["bad"] == 0 and p1["hbad"] == 0, out  # 0 wrong results, threads and handlers
+    # Every thread ran and was signalled: checked calls, signals taken, handlers run.
+    assert p1["calls"] >= 8 * 5 and p1["sent"] > 0 and p1["handled"] > 0, out
+    assert out["nsites"] >= 5 and out["rendered"] and out["defaults"], out
+    assert out["mapped"] and out["untouched"] and out["after"] >= 500, out
+    assert out["switches"] == switches and out["other_calls"] > 0, out
+    assert out["modules"] == ["pvpatch._core", "lc_lto_other"], out
