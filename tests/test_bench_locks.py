@@ -27,7 +27,8 @@ def test_bench_locks_json_has_every_lock_and_the_machine(tmp_path):
         [(n, lock) for n in (1, 3) for lock in LOCKS]
     for r in res["rows"]:
         assert r["writers_per_cpu"] == r["writers"] / os.cpu_count()
-        assert r["acquisitions"] >= 0 and r["acq_per_s"] >= 0
+        assert r["acquisitions"] >= 0 and r["acq_per_s"] >= 0 and r["acq_per_s_median"] >= 0
+        assert len(r["acq_per_s_segments"]) == 1  # --rounds 1
         assert r["max"] >= r["min"] >= 0
         # A writer times its acquisitions from its first in a segment on (the first may have
         # begun before): some writer with two or more gives samples.
