@@ -227,8 +227,8 @@ def format_locks(res: dict) -> str:
     out.append(f"{'writers':>7} {'lock':<15} {'/ best peer':>22} {'/ best fair peer':>26} "
                f"{'/ pthread-mutex':>16}")
     for r in res["ratios"]:
-        bp = f"{_fmt(r.get('vs_best_peer'), '.2f')} ({r.get('best_peer', '-')})"
-        bf = f"{_fmt(r.get('vs_best_fair_peer'), '.2f')} ({r.get('best_fair_peer', '-')})"
+        bp = f"{_fmt(r.get('vs_best_peer'), '.2f')} ({r.get('best_peer') or '-'})"
+        bf = f"{_fmt(r.get('vs_best_fair_peer'), '.2f')} ({r.get('best_fair_peer') or 'none'})"
         out.append(f"{r['writers']:>7} {r['lock']:<15} {bp:>22} {bf:>26} "
                    f"{_fmt(r.get('vs_pthread_mutex'), '.2f'):>16}")
     out.append(f"violations: {res['violations']}")
