@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from . import _core, bench
@@ -42,14 +43,24 @@ class _Hostd:
             [sys.executable, "-m", "pvpatch.cli", "hostd", "--path", self.path, "--interval",
              str(interval_s)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
+        # Bounded: a hostd that neither says it publishes nor exits within 20 s is a failure.
+        started = threading.Event()
+
+        def drain():  # and keep its pipe from filling while the benchmark runs
+            for line in self.proc.stdout:
+                if "publishing" in line:
+                    started.set()
+
+        self.drain = threading.Thread(target=drain, name="bench-hostd-out", daemon=True)
+        self.drain.start()
         deadline = time.monotonic() + 20
-        for line in self.proc.stdout:
-            if "publishing" in line:
-                return
-            if time.monotonic() > deadline:
-                break
-        self.close()
-        raise RuntimeError(f"bench locks: hostd did not start (status {self.proc.poll()})")
+        while not started.wait(0.05) and self.proc.poll() is None \
+                and time.monotonic() < deadline:
+            pass
+        if not started.is_set():
+            status = self.proc.poll()
+            self.close()
+            raise RuntimeError(f"bench locks: hostd did not start within 20 s (status {status})")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -59,7 +70,9 @@ class _Hostd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.proc.stdout.close()
+        self.drain.join(5)  # EOF once hostd is gone
+        if not self.drain.is_alive():
+            self.proc.stdout.close()
         for f in os.listdir(self.dir):
             os.unlink(os.path.join(self.dir, f))
         os.rmdir(self.dir)
@@ -130,25 +143,26 @@ def bench_locks(writers=WRITERS, seconds: float = 0.5, rounds: int = 2, settle: 
                         _core.torture_set_kind(h, kind)
                         if variant == "auto":
                             auto = pvpatch.auto(hostd.path, poll_s=0.1)
-                            time.sleep(auto_settle)
-                        else:
-                            time.sleep(settle)
-                        epoch = _core.torture_epoch(h)
-                        if kind == "pvpatch":
-                            a["ran"].add(pvpatch.current()["lock"])
-                        c0 = _core.torture_read_kind(h, kind)
-                        t0 = time.perf_counter()
-                        time.sleep(seconds)
-                        c1 = _core.torture_read_kind(h, kind)
-                        dt = time.perf_counter() - t0
+                        try:
+                            time.sleep(auto_settle if auto else settle)
+                            epoch = _core.torture_epoch(h)
+                            if kind == "pvpatch":
+                                a["ran"].add(pvpatch.current()["lock"])
+                            c0 = _core.torture_read_kind(h, kind)
+                            t0 = time.perf_counter()
+                            time.sleep(seconds)
+                            c1 = _core.torture_read_kind(h, kind)
+                            dt = time.perf_counter() - t0
+                            if kind == "pvpatch":
+                                a["ran"].add(pvpatch.current()["lock"])
+                            if auto is not None:
+                                a["ran"].update(e.variants.get("lock", "?") for e in auto.events
+                                                if e.ok)
+                        finally:
+                            if auto is not None:
+                                auto.stop()
                         a["time"] += dt
                         a["segs"].append((sum(c1) - sum(c0)) / dt)
-                        if kind == "pvpatch":
-                            a["ran"].add(pvpatch.current()["lock"])
-                        if auto is not None:
-                            a["ran"].update(e.variants.get("lock", "?") for e in auto.events
-                                            if e.ok)
-                            auto.stop()
                         a["counts"] = [x + y - z for x, y, z in zip(a["counts"], c1, c0)]
                         a["lat"] += _core.torture_latency(h, epoch)
             finally:
