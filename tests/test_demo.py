@@ -33,8 +33,8 @@ def test_busy_note():
 def test_ratio_precision():
     from pvpatch.torture import format_ratio
 
-    assert [format_ratio(x) for x in (1201995.39, 28.44, 1.3812, 0.7391, 0.03)] == \
-        ["1,201,995x", "28.4x", "1.38x", "0.739x", "0.03x"]
+    assert [format_ratio(x) for x in (1201995.39, 28.44, 1.3812, 0.7391, 0.03, 2.2345e-06)] == \
+        ["1,201,995x", "28.4x", "1.38x", "0.739x", "0.03x", "0.00000223x"]
 
 
 def test_the_sites_step_without_capstone():

@@ -166,7 +166,7 @@ def test_cli_sites_json_lists_every_site():
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert len([r for r in rows if r["group"] == "selftest"]) == len(DECLARED)
-    assert {r["group"] for r in rows} == {"selftest", "lock", "bench_call"}
+    assert {r["group"] for r in rows} == {"selftest", "lock", "bench_call", "bits"}
     keys = {"module", "section", "address", "length", "group", "op", "variant", "bytes"}
     assert all(keys <= set(r) for r in rows)
     assert {r["section"] for r in rows} == {"runtime", "boot"}
@@ -178,7 +178,7 @@ def test_cli_footprint():
     fp = json.loads(out.stdout)
     assert fp["bytes_per_record"] == 8
     names = {s["name"]: s for s in fp["sections"]}
-    other_sites = len(pvpatch.registry.sites("lock")) + len(pvpatch.registry.sites("bench_call"))
+    other_sites = sum(len(pvpatch.registry.sites(g)) for g in ("lock", "bench_call", "bits"))
     assert names["pvpatch_runtime"]["records"] == 11 + other_sites
     assert names["pvpatch_boot"]["records"] == 2
     assert fp["boot_records_dropped_bytes"] == {"pvpatch._core": 16}

@@ -3,7 +3,7 @@
  *
  * Build (any C compiler that takes GNU inline asm):
  *   gcc -O2 -shared -fPIC -fvisibility=hidden $(python3-config --includes) \
- *       -I$(python3 -c 'import pvpatch; print(pvpatch.get_include())') demo.c \
+ *       -I$(python3 -c 'import pvpatch_build; print(pvpatch_build.get_include())') demo.c \
  *       -o demo$(python3-config --extension-suffix)
  * Use:
  *   import demo, pvpatch

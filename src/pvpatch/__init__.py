@@ -7,17 +7,20 @@ switched while threads run them::
     pvpatch.runtime_patch({"selftest": "pv"})
 
 Importing pvpatch registers its own C core (the `selftest` group and, with it, every group the
-core declares) and patches its sites to their current variants.
+core declares) and patches its sites to their current variants.  A build that needs only the
+header imports `pvpatch_build` instead, which does none of that (docs/writing-an-extension.md).
+C extensions reach pvpatch through the `_C_API` capsule (docs/extensions.md, "The C API").
 """
 from __future__ import annotations
 
-import os
+from pvpatch_build import get_include  # side-effect free: extensions' builds import only it
 
 from . import _core
 from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
                      SiteError, SyscallError)
+from .cpufeatures import features, mask_features, unmask_features
 from .patcher import (current, events, register_desc, register_module, registry,
-                      runtime_patch, set_transition)
+                      runtime_patch, set_transition, unregister_module)
 
 __version__ = "0.1.0"
 _CORE_ABI = 1
@@ -27,12 +30,11 @@ if getattr(_core, "ABI", None) != _CORE_ABI:  # pragma: no cover - a stale build
                       f"Python package ({_CORE_ABI}); reinstall: pip install --force-reinstall .")
 
 
-def get_include() -> str:
-    """The directory holding pvpatch.h, for extensions that declare their own sites."""
-    return os.path.join(os.path.dirname(__file__), "include")
-
-
 core_module = register_module(_core)
+
+#: The C API for extensions (include/pvpatch.h: pvpatch_import_api()), exported only once the
+#: core is registered, so that no C caller can switch or lock before the core's sites are live.
+_C_API = _core._C_API
 
 from . import locks  # noqa: E402  (the lock group owns its transitions: docs/locks.md)
 
@@ -45,5 +47,6 @@ def auto(hints_path: str | None = None, **kwargs):
 
 
 __all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
-           "SiteError", "SyscallError", "current", "events", "get_include", "register_desc",
-           "register_module", "registry", "runtime_patch", "set_transition", "core_module"]
+           "SiteError", "SyscallError", "current", "events", "features", "get_include",
+           "mask_features", "register_desc", "register_module", "registry", "runtime_patch",
+           "set_transition", "unmask_features", "unregister_module", "core_module"]

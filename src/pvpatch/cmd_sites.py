@@ -1,12 +1,15 @@
-"""`pvpatch sites`: every site of every registered module, as it is now."""
+"""`pvpatch sites`: every site of every registered module, as it is now; of this process
+(after --import MODULE ...) or of another one (--pid PID, read-only: see remote.py)."""
 from __future__ import annotations
 
+import importlib
 import json
 
-from . import elfsites, patcher
+from . import cliargs, elfsites, patcher
 from .descriptor import SITE_RECORD_SIZE
 
 
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit
 JSON_SCHEMA = 1  # --footprint --json; bumped when a field changes meaning
 
 
@@ -21,9 +24,30 @@ def site_rows() -> list[dict]:
             code = patcher.site_bytes(s)
             rows.append({"module": m.name, "section": s.section, "address": s.addr,
                          "length": s.length, "group": s.group, "op": s.op, "variant": variant,
-                         "kind": s.kinds.get(variant, "?"), "bytes": code.hex()})
+                         "kind": s.kinds.get(variant, "?"), "bytes": code.hex(),
+                         "gate": s.gate(variant) if s.section == "runtime" else ""})
     rows.sort(key=lambda r: r["address"])
     return rows
+
+
+def import_modules(names: list[str]) -> None:
+    """Import each module; one that exports __pvpatch__ and is not registered yet is
+    registered (a package that registers its extension on import needs nothing more)."""
+    import pvpatch
+    from .descriptor import capsule_address
+    from .errors import PvpatchError
+
+    for name in names:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:
+            raise PvpatchError(f"--import {name}: {exc}") from None
+        cap = getattr(mod, "__pvpatch__", None)
+        if cap is None:
+            continue
+        addr = capsule_address(cap)
+        if not any(m.desc.addr == addr for m in patcher.registry.modules):
+            pvpatch.register_module(mod)
 
 
 def footprint() -> dict:
@@ -45,6 +69,12 @@ def footprint() -> dict:
 
 
 def run(args) -> int:
+    if args.pid is not None and (args.imports or args.footprint):
+        from .errors import PvpatchError
+        raise PvpatchError("--pid reads another process: it takes neither --import nor "
+                           "--footprint")
+    if args.imports:
+        import_modules(args.imports)
     if args.footprint:
         fp = footprint()
         if args.json:
@@ -61,11 +91,18 @@ def run(args) -> int:
         for mod, n in fp["boot_records_dropped_bytes"].items():
             print(f"{mod}: {n} bytes of boot-only records dropped after registration")
         return 0
-    rows = site_rows()
+    if args.pid is not None:
+        from .remote import site_rows as remote_rows
+        rows = remote_rows(args.pid)
+    else:
+        rows = site_rows()
     if args.disasm:
         from .disasm import text
         for r in rows:
-            r["disasm"] = text(bytes.fromhex(r["bytes"]), r["address"])
+            try:
+                r["disasm"] = text(bytes.fromhex(r["bytes"]), r["address"])
+            except ValueError as exc:  # a remote site read in the middle of a batch
+                r["disasm"] = f"({exc})"
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -76,6 +113,8 @@ def run(args) -> int:
                 f"{r['group'] + '.' + r['op']:<16} {r['variant']:<8} {r['kind']:<7} {r['bytes']}")
         if args.disasm:
             line += f"  {r['disasm']}"
+        if r["gate"]:  # a feature-gated template, or one that could not be checked
+            line += f"  [{r['gate']}]"
         print(line)
     return 0
 
@@ -84,9 +123,18 @@ def register(sub) -> None:
     p = sub.add_parser("sites", help="list every patchable site and its current rendering",
                        description="Every site of every registered module: module, section "
                                    "(runtime or boot), address, length, group.op, current "
-                                   "variant and current bytes.")
+                                   "variant and current bytes; in brackets, a CPU-feature gate "
+                                   "of the site's template, or why its template is not used.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--disasm", action="store_true", help="disassemble each site (capstone)")
     p.add_argument("--footprint", action="store_true",
                    help="section sizes, as objdump -h prints them, and bytes per site record")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   type=cliargs.nonempty("module name"),
+                   help="import MODULE first and register it if it exports __pvpatch__ "
+                        "(repeatable)")
+    p.add_argument("--pid", type=cliargs.integer(1, PID_MAX), metavar="PID",
+                   help="list the sites of process PID instead, read-only from /proc/PID/maps, "
+                        "the ELF files and /proc/PID/mem (variant derived from the live bytes; "
+                        "'default': the module is not registered there)")
     p.set_defaults(func=run)

@@ -11,12 +11,24 @@ from dataclasses import dataclass, field
 from .errors import PvpatchError
 
 MODULE_MAGIC = 0x54505650
-ABI_VERSION = 1
+ABI_VERSION = 2  # 2: pvpatch_impl.flags may carry CPU feature bits (IMPL_NEEDS)
 SITE_RECORD_SIZE = 8
 F_BOOT = 0x01
 F_NOINLINE = 0x02
 F_UNALIGNED = 0x04  # no padding: the rel32 field of a call rendering may be unaligned
 IMPL_NOP = 0x01
+# CPU features an implementation's inline template needs (pvpatch_impl.flags, PVPATCH_IMPL_NEEDS_*
+# in include/pvpatch.h): the template is rendered only where the CPU has all of them and policy
+# has not masked any (cpufeatures.py); elsewhere the site calls the implementation's function.
+IMPL_NEEDS = {"popcnt": 0x100, "lzcnt": 0x200, "bmi1": 0x400, "bmi2": 0x800, "avx2": 0x1000,
+              "movbe": 0x2000, "avx512f": 0x4000}
+IMPL_NEEDS_MASK = sum(IMPL_NEEDS.values())
+IMPL_KNOWN_FLAGS = IMPL_NOP | IMPL_NEEDS_MASK
+
+
+def feature_names(bits: int) -> list[str]:
+    """The names of the feature bits set in `bits`, in IMPL_NEEDS order."""
+    return [n for n, b in IMPL_NEEDS.items() if bits & b]
 SECTIONS = {"runtime": "pvpatch_runtime", "boot": "pvpatch_boot"}
 
 
@@ -56,6 +68,7 @@ class Impl:
     fn: int
     template: bytes | None = None
     is_nop: bool = False
+    needs: int = 0          # IMPL_NEEDS bits: what the template needs of the CPU
 
 
 @dataclass
@@ -150,7 +163,13 @@ def read_module(addr: int) -> ModuleDesc:
             for vi in range(g.nvariants):
                 im = CImpl.from_address(op.impls + vi * ctypes.sizeof(CImpl))
                 tmpl = ctypes.string_at(im.tmpl, im.tmpl_len) if im.tmpl and im.tmpl_len else None
-                impls.append(Impl(im.fn or 0, tmpl, bool(im.flags & IMPL_NOP)))
+                if im.flags & ~IMPL_KNOWN_FLAGS:
+                    raise PvpatchError(
+                        f"module {m.name.decode()}: group {g.name.decode()}, op "
+                        f"{op.name.decode()}, variant {variants[vi]}: unknown implementation "
+                        f"flags {im.flags & ~IMPL_KNOWN_FLAGS:#x} (a newer pvpatch.h?)")
+                impls.append(Impl(im.fn or 0, tmpl, bool(im.flags & IMPL_NOP),
+                                  im.flags & IMPL_NEEDS_MASK))
             ops.append(OpDesc(op.name.decode(), op.slot or 0, impls))
         groups.append(GroupDesc(g.name.decode(), variants, g.native, ops))
     runtime = _records(m.runtime_start, m.runtime_stop, "runtime")

@@ -12,7 +12,8 @@ a shortest trace, and checks:
   reported after the whole space has been searched for invariant violations;
 - with ``liveness``, that the end stays reachable from every reachable state (AG EF end): a
   set of states the run can enter and never leave without ending (a livelock, a sleeper that
-  nobody wakes while the others go round forever) is reported with the trace into it.
+  nobody wakes while the others go round forever) is reported with the trace into it and,
+  with ``go_round``, the steps that go round from there.
 
 Symmetry: ``canon(state)`` maps a state to the representative of its class (for instance the
 least of its thread permutations); states are stored by representative only.  Traces are then
@@ -54,8 +55,16 @@ def explore(start: Hashable, successors: Successors, *,
             invariant: Callable[[Hashable], str | None] | None = None,
             final: Callable[[Hashable], bool | str] | None = None,
             canon: Callable[[Hashable], Hashable] | None = None,
-            liveness: bool = False, max_states: int = 2_000_000) -> Result:
-    """Visit every state reachable from `start`; stop at the first violation."""
+            liveness: bool = False, max_states: int = 2_000_000,
+            livelock: str = "the end is unreachable from here: every continuation runs forever "
+                            "without finishing",
+            go_round: Callable[[list[Step]], Step] | None = None) -> Result:
+    """Visit every state reachable from `start`; stop at the first violation.
+
+    livelock: the words of the liveness violation.  go_round: with it, the liveness trace goes
+    on past the state the end is unreachable from, following the step ``go_round`` picks among
+    each state's successors (the model knows which actor is the one caught), until a state
+    repeats (at most 24 steps); without it, the trace ends at that state."""
     t0 = time.perf_counter()
     ident = canon or (lambda s: s)
     start = ident(start)
@@ -70,13 +79,16 @@ def explore(start: Hashable, successors: Successors, *,
     bad_end: tuple[str, int, str] | None = None   # the first stuck state, reported last
     result = Result(0)
 
-    def fail(what: str, sid: int, last: str | None, recheck=None) -> Result:
+    def fail(what: str, sid: int, last: str | None, recheck=None, more=None) -> Result:
         labels, concrete = _replay(states, parent, sid, successors, ident)
+        tail = [] if last is None else [last]
+        if more is not None:  # steps past the state, from it as the trace names it
+            tail += more(concrete)
         if recheck is not None:  # the message again, on the state as the trace names it
             what = recheck(concrete) or what
-            if last is not None and last not in ("(stuck)", "(end)", "(no way out)"):
-                last = what
-        result.violations.append((what, labels + ([last] if last is not None else [])))
+            if tail and tail[0] not in ("(stuck)", "(end)", "(no way out)"):
+                tail[0] = what
+        result.violations.append((what, labels + tail))
         result.states = len(states)
         result.seconds = time.perf_counter() - t0
         return result
@@ -131,8 +143,10 @@ def explore(start: Hashable, successors: Successors, *,
     if liveness:
         bad = _cannot_end(len(states), succ, off, final_ids)
         if bad is not None:
-            return fail("the end is unreachable from here: every continuation runs forever "
-                        "without finishing", bad, "(no way out)")
+            if go_round is None:
+                return fail(livelock, bad, "(no way out)")
+            return fail(livelock, bad, "(from here the end is unreachable:)",
+                        more=lambda c: _go_round(c, successors, ident, go_round))
     result.states = len(states)
     result.seconds = time.perf_counter() - t0
     return result
@@ -171,6 +185,20 @@ def _cannot_end(n: int, succ: array, off: array, final_ids: list[int]) -> int | 
     return None
 
 
+def _go_round(cur: Hashable, successors: Successors, ident: Callable,
+              pick: Callable[[list[Step]], Step], limit: int = 24) -> list[str]:
+    """The steps from `cur`, a state the end is unreachable from (so is every state after
+    it), following `pick` until a state repeats: the way the run goes round."""
+    steps = []
+    visited = set()
+    while ident(cur) not in visited and len(visited) < limit:
+        visited.add(ident(cur))
+        label, cur = pick([x for x in successors(cur) if x[0] != VIOLATION])
+        steps.append("  " + label)
+    steps.append("livelock: round again")
+    return steps
+
+
 def _replay(states: list, parent: array, sid: int, successors: Successors,
             ident: Callable) -> tuple[list[str], Hashable]:
     """The labels of a path from the start to state `sid`, recomputed on concrete states so
@@ -196,12 +224,15 @@ def _replay(states: list, parent: array, sid: int, successors: Successors,
     return labels, cur
 
 
-def report(r: Result, ok_text: str, out=None) -> None:
-    """Print a result as the models' command lines do."""
+def report(r: Result, ok_text: str, out=None, header: str | None = None) -> None:
+    """Print a result as the models' command lines do: a header line (by default the state
+    count, time and mutation), then each violation with its numbered trace, or `ok_text`."""
     import sys
     out = out or sys.stdout
-    tag = f" (mutation {r.mutation})" if r.mutation else ""
-    print(f"{r.states:,} states explored in {r.seconds:.1f} s{tag}", file=out)
+    if header is None:
+        tag = f" (mutation {r.mutation})" if r.mutation else ""
+        header = f"{r.states:,} states explored in {r.seconds:.1f} s{tag}"
+    print(header, file=out)
     for what, steps in r.violations:
         print(f"VIOLATION: {what}", file=out)
         for i, step in enumerate(steps, 1):

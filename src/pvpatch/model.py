@@ -1,7 +1,8 @@
 """An exhaustive model of the batch protocol (src/pvpatch/_core/poke.c, docs/protocol.md).
 
 Every interleaving of one patcher and N executor threads over one site is explored, breadth
-first, and these things are checked in every reachable state:
+first (by pvpatch.explore, the search the lock model shares), and these things are checked in
+every reachable state:
 
 - no thread executes a torn instruction (first byte of one version, tail of another; for the
   rel32 path, half of one displacement and half of another), nor starts an instruction at a
@@ -53,8 +54,7 @@ which it shows (MUTATION_CONFIG).
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from .explore import Result, explore, report
 
 I = "I"
 C = "C"                             # the rel32 path's opcode byte, never written
@@ -95,21 +95,6 @@ MUTATION_CONFIG = {
     "rel32_torn_store": {"path": "rel32"},
     "rel32_no_sync": {"path": "rel32"},
 }
-
-
-@dataclass
-class Result:
-    states: int
-    violations: list[tuple[str, list[str]]] = field(default_factory=list)
-    mutation: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
-
-    def as_dict(self) -> dict:
-        return {"states": self.states, "ok": self.ok, "mutation": self.mutation,
-                "violations": [{"what": w, "trace": steps} for w, steps in self.violations]}
 
 
 def check(executors: int = 2, batches: int = 2, executions: int = 2,
@@ -498,90 +483,25 @@ def check(executors: int = 2, batches: int = 2, executions: int = 2,
     def final(s):
         return s[6] == "done" and all(not fr or fr[-1][0] == "done" for fr, _, _ in s[10])
 
-    return _search(start, successors, final, max_states, mutation)
+    def go_round(steps):
+        # Follow the patcher's thread where it has a step: it is usually the one caught.
+        return next((x for x in steps if x[0].startswith("patcher's thread")), steps[0])
 
-
-def _search(start, successors, final, max_states, mutation=None) -> Result:
-    """Breadth first over every reachable state; stop at the first violation, with the trace.
-    Then check that the end stays reachable from every state (no livelock)."""
-    index: dict = {start: 0}
-    states = [start]
-    parent = [None]                  # (parent id, step) per state
-    edges: list[list[int]] = []
-    queue = deque([0])
-    result = Result(0, mutation=mutation)
-
-    def trace(i, last):
-        steps = [last]
-        while parent[i] is not None:
-            i, step = parent[i]
-            steps.append(step)
-        return steps[::-1]
-
-    finals = []
-    while queue:
-        i = queue.popleft()
-        s = states[i]
-        result.states += 1
-        if result.states > max_states:
-            result.violations.append(("state space too large", []))
-            return result
-        succ = successors(s)
-        if final(s):
-            finals.append(i)
-        elif not succ:
-            result.violations.append(("stuck: no step enabled", trace(i, "(stuck)")))
-            return result
-        while len(edges) <= i:
-            edges.append([])
-        for step, nxt in succ:
-            if step == "VIOLATION":
-                result.violations.append((nxt, trace(i, nxt)))
-                return result
-            j = index.get(nxt)
-            if j is None:
-                j = index[nxt] = len(states)
-                states.append(nxt)
-                parent.append((i, step))
-                queue.append(j)
-            edges[i].append(j)
-    # Livelock: states from which no final state is reachable (backwards from the finals).
-    rev: list[list[int]] = [[] for _ in states]
-    for i, out in enumerate(edges):
-        for j in out:
-            rev[j].append(i)
-    good = bytearray(len(states))
-    stack = list(finals)
-    for i in finals:
-        good[i] = 1
-    while stack:
-        for k in rev[stack.pop()]:
-            if not good[k]:
-                good[k] = 1
-                stack.append(k)
-    bad = next((i for i in range(len(states)) if not good[i]), None)
-    if bad is not None:
-        # The trace into it, then the steps that go round (every successor is as bad).
-        steps = trace(bad, "(from here the end is unreachable:)")
-        cur, visited = bad, set()
-        while cur not in visited and len(visited) < 24:
-            visited.add(cur)
-            succ = successors(states[cur])
-            # Follow the patcher's thread where it has a step: it is usually the one caught.
-            step, nxt = next((x for x in succ if x[0].startswith("patcher's thread")), succ[0])
-            steps.append("  " + step)
-            cur = index[nxt]
-        steps.append("livelock: round again")
-        result.violations.append(("livelock: the end is unreachable (steps go round for ever)",
-                                  steps))
-    return result
+    r = explore(start, successors, final=final, liveness=True, max_states=max_states,
+                livelock="livelock: the end is unreachable (steps go round for ever)",
+                go_round=go_round)
+    r.mutation = mutation
+    r.config = {"protocol": "batch", "executors": executors, "batches": batches,
+                "executions": executions, "kind": kind, "path": path, "signals": signals,
+                "patcher_signals": patcher_signals, "sync_failures": sync_failures,
+                "strict": strict}
+    return r
 
 
 def main(argv=None) -> int:
     import argparse
     import json
     import sys
-    import time
 
     # --protocol lock: the lock-switching model (pvpatch.model_lock), with its own options.
     pre = argparse.ArgumentParser(add_help=False)
@@ -619,24 +539,15 @@ def main(argv=None) -> int:
               "patcher_signals", "sync_failures", "strict"):
         if getattr(a, k) is not None:
             cfg[k] = getattr(a, k)
-    t0 = time.perf_counter()
     try:
         r = check(mutation=a.mutation, **cfg)
     except ValueError as e:
         ap.error(str(e))
     if a.json:
-        d = r.as_dict()
-        d["seconds"] = round(time.perf_counter() - t0, 3)
-        print(json.dumps(d, indent=1))
+        print(json.dumps(r.as_dict(), indent=1))
         return 0 if r.ok else 1
-    print(f"{r.states} states explored")
-    for what, steps in r.violations:
-        print(f"VIOLATION: {what}")
-        for i, step in enumerate(steps, 1):
-            print(f"  {i:3d}. {step}")
-    if r.ok:
-        print("no torn execution, every execution allowed, read-backs correct, never stuck, "
-              "no livelock")
+    report(r, "no torn execution, every execution allowed, read-backs correct, never stuck, "
+              "no livelock", header=f"{r.states} states explored")
     return 0 if r.ok else 1
 
 

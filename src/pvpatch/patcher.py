@@ -11,10 +11,13 @@ matters.  Each batch is all or nothing in C, with no Python code inside it.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import itertools
 import os
 import threading
 import time
+import weakref
 from array import array
 from collections import deque
 from collections.abc import Mapping
@@ -114,9 +117,14 @@ def _set_slots(group: str, variant: str) -> None:
 
 def _holds(group: str, variant: str) -> bool:
     """Whether every runtime site of `group`, in every module, holds `variant`'s rendering."""
-    for m in registry.modules:
+    for m in list(registry.modules):
         t = m.tables.get(group)
-        if t is not None and _core.sites_match(t.addrs, t.lens, t.by_variant[variant]) >= 0:
+        if t is None:
+            continue
+        r = _core.sites_match(t.addrs, t.lens, t.by_variant[variant], m.owner)
+        if r == -2:      # unregistered in C meanwhile: its memory is not read
+            _forget(m)
+        elif r >= 0:
             return False
     return True
 
@@ -146,6 +154,141 @@ def _check_not_reentered(what: str) -> None:
                            f"or a registration (from a signal handler?); nothing was done")
 
 
+# ---- lifecycle: modules that go away (docs/extensions.md, "Lifecycle") --------------------
+
+_RTLD_LAZY, _RTLD_NOLOAD = 0x1, 0x4
+_libdl = ctypes.CDLL(None)
+_dlopen, _dlclose = _libdl.dlopen, _libdl.dlclose
+_dlopen.restype, _dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+_dlclose.restype, _dlclose.argtypes = ctypes.c_int, [ctypes.c_void_p]
+_owner_seq = itertools.count(1)
+_retire_gen_seen = 0
+_collected: deque = deque()  # owners of module objects collected since the last look
+
+
+def _loaded(path: str) -> int:
+    """A reference to the loaded object `path` (its link map), or 0 when it is not loaded.
+    ctypes releases the GIL around dlopen: a destructor that dlclose runs may need it."""
+    if not path:
+        return 0
+    return _dlopen(os.fsencode(path), _RTLD_LAZY | _RTLD_NOLOAD) or 0
+
+
+def _identity(handle: int) -> tuple[int, int]:
+    # struct link_map starts with l_addr (the load bias) and, after l_name, l_ld (its dynamic
+    # section): together they tell one loading of an object from another at another address.
+    words = (ctypes.c_void_p * 3).from_address(handle)
+    return words[0] or 0, words[2] or 0
+
+
+def _forget(mod: Module) -> None:
+    """Drop a module whose sites the C core has retired: no memory of it is read."""
+    if mod in registry.modules:
+        registry.modules.remove(mod)
+
+
+def _drop_retired() -> None:
+    """Forget modules retired in C (the C-level unregister, e.g. from a destructor)."""
+    global _retire_gen_seen
+    gen = _core.retire_gen()
+    if gen == _retire_gen_seen:
+        return
+    gen, owners = _core.retired()
+    gone = set(owners)
+    for m in [m for m in registry.modules if m.owner in gone]:
+        _forget(m)
+    _retire_gen_seen = gen
+
+
+@contextlib.contextmanager
+def _modules_pinned():
+    """Hold a reference on every registered object for the duration (with _lock held), so that
+    no dlclose can unmap a module's code between the check and the batch: a dlclose meanwhile
+    only drops its caller's reference, and the object goes when we drop ours (after the batch,
+    outside the batch lock).  An object no longer loaded, or loaded anew elsewhere, is retired
+    in C and forgotten, before anything reads or writes its memory.  Module objects collected
+    meanwhile are unregistered here."""
+    _drop_retired()
+    handles = []
+    try:
+        for m in list(registry.modules):
+            if m.identity is None:
+                continue
+            h = _loaded(m.path)
+            if h:
+                handles.append(h)
+            if not h or _identity(h) != m.identity:
+                _core.retire_owner(m.owner)
+                _forget(m)
+        _drop_retired()
+        while _collected:
+            owner = _collected.popleft()
+            mod = next((m for m in registry.modules if m.owner == owner), None)
+            if mod is not None:
+                try:
+                    _unregister(mod)
+                except PvpatchError:
+                    pass  # e.g. a debugger's int3 in a site: it stays registered, and patched
+        yield
+    finally:
+        for h in handles:
+            _dlclose(h)
+
+
+def _unregister(mod: Module) -> None:
+    """Render every runtime site of `mod` to its default (`call *slot(%rip)`, the slot holding
+    the group's current variant), then retire it in C and forget it.  _lock held, pinned."""
+    pieces = []
+    for g, t in mod.tables.items():
+        cur = registry.groups[g].current
+        if _core.sites_match(t.addrs, t.lens, t.by_variant[cur], mod.owner) == -2:
+            _forget(mod)  # retired in C meanwhile: nothing to render
+            return
+        pieces.append((t.addrs, t.lens, t.by_variant[cur], t.by_variant["default"]))
+    # Boot sites too: they were rendered once, at registration, and go back to their default
+    # as well, so that the module can register again (registration expects defaults).
+    boot = [s for s in mod.boot if s.group in mod.boot_variants]
+    if boot:
+        pieces.append((array("Q", [s.addr for s in boot]), bytes(s.length for s in boot),
+                       b"".join(s.renderings[mod.boot_variants[s.group]].ljust(STRIDE, b"\0")
+                                for s in boot),
+                       b"".join(s.renderings["default"].ljust(STRIDE, b"\0") for s in boot)))
+    for g in set(mod.tables) | set(mod.boot_variants):
+        _set_slots(g, registry.groups[g].current)  # what the default sites will call
+    ev = PatchEvent(time.time(), {}, kind="unregister")
+    res = _apply(pieces)
+    _account(ev, res)
+    _core.retire_owner(mod.owner)
+    _forget(mod)
+    events.append(ev)
+
+
+def unregister_module(module) -> None:
+    """Unregister a module: its runtime sites go back to their default, `call *slot(%rip)`
+    (the slot holds the group's current variant, so code running there stays right), and are
+    forgotten; no later runtime_patch touches the module's memory.  `module` is a Module, an
+    extension module that registered with register_module, or a module name.  An unknown module
+    is a RegistryError; a refused batch (a debugger's int3 in a site) raises BatchRefused and
+    leaves the module registered."""
+    _check_not_reentered("unregister_module")
+    with _lock, _modules_pinned():
+        if isinstance(module, Module):
+            name = module.name
+        elif isinstance(module, str):
+            name = module
+        else:
+            cap = getattr(module, "__pvpatch__", None)
+            if cap is None:
+                raise RegistryError(f"unregister_module: {module!r} is not a registered module "
+                                    f"(a Module, a module name, or an extension with "
+                                    f"__pvpatch__)")
+            name = read_module(capsule_address(cap)).name
+        mod = registry.module(name)
+        if mod.name == "pvpatch._core":
+            raise RegistryError("unregister_module: pvpatch._core is pvpatch itself; it stays")
+        _unregister(mod)
+
+
 # ---- registration -------------------------------------------------------------------------
 
 def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
@@ -155,10 +298,16 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
     Any error names the site and patches nothing.  The module's text stays where and what it is
     (docs/protocol.md, the writer)."""
     _check_not_reentered("register_desc")
-    with _lock:
+    with _lock, _modules_pinned():
+        known = next((m for m in registry.modules if m.name == desc.name), None)
+        if known is not None:
+            # Registering the same descriptor again is a no-op that returns the Module; another
+            # module under a registered name is an error (the name is how modules are named).
+            if desc.addr and known.owner == desc.addr:
+                return known
+            raise RegistryError(f"module {desc.name!r} is already registered (descriptor at "
+                                f"{known.owner:#x}); unregister it first")
         _reconcile([g.name for g in desc.groups])
-        if any(m.name == desc.name for m in registry.modules):
-            raise RegistryError(f"module {desc.name!r} is already registered")
         registry.check_groups(desc)
         records = desc.runtime + desc.boot
         if text is None:
@@ -179,8 +328,16 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         # A group new to the registry starts at its native variant; a known one at its current.
         start = {g.name: (registry.groups[g.name].current if g.name in registry.groups
                           else g.variants[g.native]) for g in desc.groups}
-        mod = Module(desc.name, desc, text, runtime, path=path)
-        _core.add_known_sites(array("Q", [s.addr for s in runtime + boot]).tobytes())
+        owner = desc.addr or (1 << 63 | next(_owner_seq))  # generated code: a key of its own
+        mod = Module(desc.name, desc, text, runtime, path=path, owner=owner)
+        # A loaded object is pinned around every patching call and dropped when it is
+        # unloaded; pvpatch's own core is never unloaded while pvpatch is imported.
+        h = _loaded(path) if desc.name != "pvpatch._core" else 0
+        if h:
+            mod.identity = _identity(h)
+            _dlclose(h)
+        _core.add_known_sites(array("Q", [s.addr for s in runtime + boot]).tobytes(), owner,
+                              text[0], text[1] - text[0])
         ev = PatchEvent(time.time(), {}, kind="register")
         t0 = time.perf_counter()
         todo = runtime + boot
@@ -207,6 +364,7 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         except BaseException:
             if _core.sites_match(addrs.tobytes(), lens, default) == -1:  # nothing written
                 registry.modules.remove(mod)
+                _core.retire_owner(owner)  # its sites are not known any more either
                 for name in [g.name for g in desc.groups]:
                     if name in known_ops:
                         registry.groups[name].ops = known_ops[name]
@@ -228,7 +386,12 @@ def register_module(module) -> Module:
     if cap is None:
         raise PvpatchError(f"{getattr(module, '__name__', module)!r} exports no __pvpatch__ "
                            f"capsule (call pvpatch_export() in its init function)")
-    return register_desc(read_module(capsule_address(cap)))
+    mod = register_desc(read_module(capsule_address(cap)))
+    try:  # its module object collected: unregistered at the next patching call
+        weakref.finalize(module, _collected.append, mod.owner).atexit = False
+    except TypeError:
+        pass  # an object that takes no weak reference stays registered until unregistered
+    return mod
 
 
 # ---- runtime_patch ------------------------------------------------------------------------
@@ -270,6 +433,12 @@ def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
     try:
         res = _apply(pieces, hook)
         _account(ev, res)
+        for g, target in changes.items():
+            # A group with no runtime site left (its modules unregistered or unloaded) has no
+            # bytes to say what it is: the record moves, and a module joining later is
+            # rendered to it.
+            if not any(g in m.tables for m in registry.modules):
+                registry.groups[g].current = target
     finally:
         _reconcile(changes)  # the commit: whatever the bytes now hold
     if res.get("late_sync_errno"):
@@ -314,7 +483,7 @@ def _runtime_patch(changes: Mapping[str, str], hook: int = 0) -> PatchEvent:
     changes = dict(changes)
     _check_not_reentered("runtime_patch")
     try:
-        with _lock:
+        with _lock, _modules_pinned():
             for g, v in changes.items():
                 registry.group(g).check_variant(v)
             _reconcile(changes)
@@ -347,8 +516,9 @@ def current() -> dict[str, str]:
     if not _lock.acquire(timeout=2.0):
         return {g.name: g.current for g in registry.groups.values()}
     try:
-        _reconcile(list(registry.groups))
-        return {g.name: g.current for g in registry.groups.values()}
+        with _modules_pinned():
+            _reconcile(list(registry.groups))
+            return {g.name: g.current for g in registry.groups.values()}
     finally:
         _lock.release()
 
@@ -366,3 +536,49 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def site_bytes(site: Site) -> bytes:
     return _read(site.addr, site.length)
+
+
+# ---- re-rendering (CPU feature gates) -------------------------------------------------------
+
+def rerender(effective: int) -> PatchEvent:
+    """Re-render every runtime site whose rendering depends on the CPU features (templates
+    gated with PVPATCH_IMPL_NEEDS_*) for the feature set `effective`, in one batch of the
+    ordinary protocol.  No group changes variant.  The commit reads the bytes back, as
+    runtime_patch's does: a site takes its new renderings (of every variant) only if it holds
+    the new rendering of its current variant, and `registry.effective` changes only if every
+    site does.  A refused batch writes nothing, so it changes nothing."""
+    with _lock:
+        ev = PatchEvent(time.time(), {}, kind="features")
+        t0 = time.perf_counter()
+        _reconcile(list(registry.groups))
+        plan = registry.plan_rerender(effective)
+        cur = {s.addr: registry.groups[s.group].current for _, s, _ in plan}
+        todo = [(s, ch[cur[s.addr]][1]) for _, s, ch in plan if cur[s.addr] in ch]
+        res = None
+        try:
+            res = _apply([(array("Q", [s.addr for s, _ in todo]),
+                           bytes(s.length for s, _ in todo),
+                           b"".join(s.renderings[cur[s.addr]].ljust(STRIDE, b"\0")
+                                    for s, _ in todo),
+                           b"".join(code.ljust(STRIDE, b"\0") for _, code in todo))])
+            _account(ev, res)
+        finally:
+            # The commit, from the bytes.
+            landed = {s.addr for s, code in todo if _read(s.addr, s.length) == code}
+            touched = {}
+            for m, s, changed in plan:
+                if cur[s.addr] in changed and s.addr not in landed:
+                    continue
+                for v, (kind, code) in changed.items():
+                    s.kinds[v], s.renderings[v] = kind, code
+                touched[id(m)] = m
+            for m in touched.values():
+                m.build_tables()
+            if len(landed) == len(todo):
+                registry.effective = effective
+        ev.duration_s = time.perf_counter() - t0
+        events.append(ev)
+        if res.get("late_sync_errno"):
+            e = res["late_sync_errno"]
+            raise syscall_error(OSError(e, os.strerror(e), "membarrier"))
+        return ev

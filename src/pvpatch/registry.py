@@ -11,11 +11,29 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from . import x86
-from .descriptor import F_BOOT, F_NOINLINE, GroupDesc, ModuleDesc, SiteRecord
+from . import cpufeatures as features, x86
+from .descriptor import (F_BOOT, F_NOINLINE, GroupDesc, Impl, ModuleDesc, SiteRecord,
+                         feature_names)
 from .errors import RegistryError, SiteError
 
 STRIDE = 16  # bytes per site in the flat rendering buffers (a site is at most 15)
+
+# Templates that ship with pvpatch (its C core) and are accepted without a decoder, with their
+# disassembly (capstone, AT&T syntax).  The suite checks, with capstone, that these are exactly
+# the core's templates and that each follows the template ABI (tests/test_templates.py).  Safety
+# is a property of the bytes alone, so the table is keyed by them.  Any other template needs capstone (the extra pvpatch[disasm]) to be
+# checked; without it, its sites render as calls to the implementation's function.
+SHIPPED_TEMPLATES = {
+    bytes.fromhex("b803100000"): "movl $0x1003, %eax",            # selftest.value, alt
+    bytes.fromhex("488d0437"): "leaq (%rdi, %rsi), %rax",           # selftest.add, bench_call
+    bytes.fromhex("48b84444333322221111"): "movabsq $0x1111222233334444, %rax",  # selftest.wide
+    bytes.fromhex("48830702"): "addq $2, (%rdi)",                   # selftest.mark, alt
+    bytes.fromhex("c60700"): "movb $0, (%rdi)",                     # lock.unlock, native
+    bytes.fromhex("f3480fb8c7"): "popcntq %rdi, %rax",              # bits.popcount
+    bytes.fromhex("f3480fbdc7"): "lzcntq %rdi, %rax",               # bits.clz
+}
+UNCHECKED = ("template not checked: capstone is not installed (pip install "
+             "'pvpatch[disasm]'), so the site calls the function")
 
 
 def _unknown(kind: str, name: str, known) -> RegistryError:
@@ -50,6 +68,36 @@ class Site:
     op: str
     renderings: dict[str, bytes]
     kinds: dict[str, str]
+    impls: dict[str, Impl] = field(default_factory=dict)     # variant -> implementation
+    trusted: dict[str, bool] = field(default_factory=dict)   # variant -> template checked
+
+    def render(self, variant: str, effective: int) -> tuple[str, bytes]:
+        """`variant`'s rendering under the CPU features `effective` (IMPL_NEEDS bits): inline
+        only where the template is checked, the site allows it and every feature it needs is
+        effective; else a call to the implementation's function (the kernel's ALTERNATIVE)."""
+        impl = self.impls[variant]
+        inline_ok = (not self.record.flags & F_NOINLINE and self.trusted.get(variant, False)
+                     and not impl.needs & ~effective)
+        return x86.render(self.addr, self.length, fn=impl.fn, template=impl.template,
+                          is_nop=impl.is_nop, inline_ok=inline_ok)
+
+    def gate(self, variant: str) -> str:
+        """One line: why `variant` renders as it does here, when that is not the plain rule
+        (a feature-gated template, or a template that could not be checked); else ""."""
+        impl = self.impls.get(variant)
+        if impl is None or not impl.template or impl.is_nop:
+            return ""
+        if not self.trusted.get(variant, False):
+            return UNCHECKED
+        if not impl.needs:
+            return ""
+        detected, masked = features.detected_bits(), features.masked_bits()
+        parts = []
+        for name in feature_names(impl.needs):
+            bit = impl.needs & features.bit(name)
+            parts.append(name if detected & bit and not masked & bit else
+                         f"{name}(masked)" if detected & bit else f"{name}(absent)")
+        return "needs " + "+".join(parts)
 
     @property
     def addr(self) -> int:
@@ -88,6 +136,8 @@ class Module:
     boot_variants: dict[str, str] = field(default_factory=dict)  # group -> variant at boot
     boot_bytes_dropped: int = 0
     path: str = ""
+    owner: int = 0          # the key of its site table in the C core (the descriptor address)
+    identity: tuple[int, int] | None = None  # the loaded object's (l_addr, l_ld), if pinnable
 
     def build_tables(self) -> None:
         by_group: dict[str, list[Site]] = {}
@@ -107,6 +157,9 @@ class Registry:
     def __init__(self) -> None:
         self.groups: dict[str, Group] = {}
         self.modules: list[Module] = []
+        # The CPU features templates may use now (detected and not masked); renderings follow
+        # it, and cpufeatures.py re-renders the sites when it changes.
+        self.effective: int = features.effective_bits()
 
     # -- lookups ----------------------------------------------------------------------------
     def group(self, name: str) -> Group:
@@ -154,10 +207,40 @@ class Registry:
             else:
                 known.ops.extend(o.name for o in g.ops if o.name not in known.ops)
 
+    def check_templates(self, desc: ModuleDesc) -> dict[tuple[int, int, int], bool]:
+        """Check every template of a module against the template ABI (docs/extensions.md):
+        {(group, op, variant) index: checked}.  A template that breaks it raises RegistryError
+        naming the module, group, op and variant.  Without capstone, a template pvpatch ships
+        (SHIPPED_TEMPLATES) is taken as checked and any other is not (its sites call)."""
+        can_decode = x86.template_decoder() is not None
+        out = {}
+        for gi, g in enumerate(desc.groups):
+            for oi, op in enumerate(g.ops):
+                if len(op.impls) != len(g.variants):
+                    continue
+                for vi, impl in enumerate(op.impls):
+                    if not impl.template or impl.is_nop:
+                        continue
+                    if can_decode:
+                        try:
+                            x86.check_template(impl.template)
+                        except x86.TemplateError as exc:
+                            raise RegistryError(
+                                f"module {desc.name}: group {g.name!r}, op {op.name!r}, variant "
+                                f"{g.variants[vi]!r}: template {impl.template.hex()} refused: "
+                                f"{exc} (docs/extensions.md, the template ABI). Nothing was "
+                                f"written.") from None
+                        out[gi, oi, vi] = True
+                    else:
+                        out[gi, oi, vi] = impl.template in SHIPPED_TEMPLATES
+        return out
+
     def plan_sites(self, desc: ModuleDesc, text: tuple[int, int],
                    read) -> tuple[list[Site], list[Site]]:
-        """Check every record of a module and render its sites.  Raises SiteError naming the
-        first bad site; nothing has been written then.  `read(addr, n)` reads memory."""
+        """Check every template and every record of a module and render its sites.  Raises
+        RegistryError naming the first bad template or SiteError naming the first bad site;
+        nothing has been written then.  `read(addr, n)` reads memory."""
+        checked = self.check_templates(desc)
         start, end = text
         out: dict[str, list[Site]] = {"runtime": [], "boot": []}
         previous_end = 0
@@ -196,16 +279,31 @@ class Registry:
                                        f"be rebuilt)"
                                        + ("; an int3 is there (a debugger's breakpoint? remove "
                                           "it, register, then set it again)" if trap else ""))
-            renderings, kinds = {}, {}
-            for v, impl in zip(g.variants, op.impls):
+            site = Site(desc.name, rec, g.name, op.name, {}, {}, dict(zip(g.variants, op.impls)),
+                        {v: checked.get((rec.group, rec.op, vi), False)
+                         for vi, v in enumerate(g.variants)})
+            for v in g.variants:
                 try:
-                    kind, code = x86.render(rec.addr, rec.length, fn=impl.fn,
-                                            template=impl.template, is_nop=impl.is_nop,
-                                            inline_ok=not rec.flags & F_NOINLINE)
+                    # Both renderings a feature gate can choose must encode.
+                    if site.impls[v].needs:
+                        site.render(v, 0)
+                    site.kinds[v], site.renderings[v] = site.render(v, self.effective)
                 except x86.EncodeError as exc:
                     raise SiteError(where, f"variant {v!r}: {exc}") from None
-                renderings[v], kinds[v] = code, kind
-            renderings["default"], kinds["default"] = expected, "default"
+            site.renderings["default"], site.kinds["default"] = expected, "default"
             section = "boot" if rec.flags & F_BOOT or rec.section == "boot" else "runtime"
-            out[section].append(Site(desc.name, rec, g.name, op.name, renderings, kinds))
+            out[section].append(site)
         return out["runtime"], out["boot"]
+
+    def plan_rerender(self, effective: int) -> list[tuple[Module, Site, dict]]:
+        """What every runtime site becomes under the CPU features `effective`: [(module, site,
+        {variant: (kind, bytes)})] for the sites where some variant's rendering changes.  Changes
+        nothing."""
+        out = []
+        for m in self.modules:
+            for s in m.sites:
+                new = {v: s.render(v, effective) for v in s.impls}
+                changed = {v: kc for v, kc in new.items() if s.renderings[v] != kc[1]}
+                if changed:
+                    out.append((m, s, changed))
+        return out

@@ -204,7 +204,12 @@ def format_ratio(x: float) -> str:
     thousands separators) from 1,000 up."""
     if x >= 1000:
         return f"{x:,.0f}x"
-    return f"{x:.3g}x"
+    if x <= 0 or not math.isfinite(x):
+        return f"{x:g}x"
+    # Fixed point, never an exponent (a collapsed lock gives ratios like 0.00000223x).
+    decimals = max(0, 2 - math.floor(math.log10(x)))
+    digits = f"{float(f'{x:.3g}'):.{decimals}f}"
+    return (digits.rstrip("0").rstrip(".") if "." in digits else digits) + "x"
 
 
 def ratio_pairs(rates: dict[str, float], writers: int, cpus: int) -> list[tuple[str, str]]:

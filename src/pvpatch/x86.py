@@ -117,3 +117,128 @@ def render(site: int, length: int, *, fn: int, template: bytes | None, is_nop: b
     if template and inline_ok and len(template) <= length:
         return "inline", stretch(template, length)
     return "call", call_rel32(site, fn, length)
+
+
+# ---- inline templates: the template ABI (docs/extensions.md, "Inline templates") -------------
+#
+# A template is rendered in place of a call, so it must do what the call could and nothing a
+# call could not.  It is checked once, at registration, by a real decoder (capstone in detail
+# mode: its operand list, implicit reads and writes, and instruction groups), never by hand.
+
+class TemplateError(ValueError):
+    """A template that breaks the template ABI; the message says which rule."""
+
+
+# What a site's caller gives up across the site (include/pvpatch.h, PVPATCH__CLOBBERS and the
+# argument registers): a template may write these and memory, nothing else.
+TEMPLATE_WRITABLE = frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
+                               "rflags"})
+_GPR_FAMILY = {}
+for _q, _names in {"rax": "eax ax al ah", "rbx": "ebx bx bl bh", "rcx": "ecx cx cl ch",
+                   "rdx": "edx dx dl dh", "rsi": "esi si sil", "rdi": "edi di dil",
+                   "rbp": "ebp bp bpl", "rsp": "esp sp spl", "rip": "eip ip"}.items():
+    for _n in (_q, *_names.split()):
+        _GPR_FAMILY[_n] = _q
+for _i in range(8, 16):
+    for _s in ("", "d", "w", "b"):
+        _GPR_FAMILY[f"r{_i}{_s}"] = f"r{_i}"
+_STACK = "rsp"
+# Control flow capstone puts in no group, traps, and control state a call must preserve
+# (the SysV ABI: DF clear, the MXCSR and x87 control words as the caller left them).
+# By capstone instruction id (X86_INS_*), not by mnemonic: the syntaxes spell them differently.
+_FORBIDDEN_INSNS = {
+    "UD0": "an undefined-instruction trap", "UD1": "an undefined-instruction trap",
+    "UD2": "an undefined-instruction trap", "INT1": "a trap", "HLT": "privileged",
+    "IN": "port I/O", "INSB": "port I/O", "INSW": "port I/O", "INSD": "port I/O",
+    "OUT": "port I/O", "OUTSB": "port I/O", "OUTSW": "port I/O", "OUTSD": "port I/O",
+    "STD": "sets the direction flag (the ABI requires it clear)",
+    "LDMXCSR": "writes the MXCSR", "VLDMXCSR": "writes the MXCSR",
+    "FLDCW": "writes the x87 control word", "FLDENV": "writes the x87 environment",
+    "FRSTOR": "writes the x87 state", "FXRSTOR": "writes the x87/SSE state",
+    "FXRSTOR64": "writes the x87/SSE state", "XRSTOR": "writes extended state",
+    "XRSTOR64": "writes extended state", "XRSTORS": "writes extended state",
+    "XRSTORS64": "writes extended state", "SYSENTER": "a system call",
+    "SYSCALL": "a system call", "SYSEXIT": "privileged", "SYSRET": "privileged",
+    "WRFSBASE": "writes the fs base", "WRGSBASE": "writes the gs base", "SWAPGS": "privileged",
+    "PUSH": "uses the stack or rsp", "POP": "uses the stack or rsp",
+    "PUSHF": "uses the stack or rsp", "POPF": "uses the stack or rsp",
+    "PUSHFQ": "uses the stack or rsp", "POPFQ": "uses the stack or rsp",
+    "ENTER": "uses the stack or rsp", "LEAVE": "uses the stack or rsp",
+    "XBEGIN": "control flow (a transaction)", "XEND": "control flow (a transaction)",
+    "XABORT": "control flow (a transaction)", "MONITOR": "privileged", "MWAIT": "privileged",
+}
+_FORBIDDEN_GROUPS = {"jump": "control flow (a jump)", "call": "control flow (a call)",
+                     "ret": "control flow (a return)", "int": "control flow (a trap or "
+                     "system call)", "iret": "control flow (an interrupt return)",
+                     "branch_relative": "control flow (a relative branch)",
+                     "privilege": "privileged"}
+
+_decoder = None
+_forbidden_ids: dict[int, str] = {}
+
+
+def template_decoder():
+    """capstone in detail mode, or None when the extra pvpatch[disasm] is not installed."""
+    global _decoder
+    if _decoder is None:
+        try:
+            import capstone
+        except ImportError:
+            return None
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md.detail = True
+        md.syntax = capstone.CS_OPT_SYNTAX_ATT  # as `pvpatch sites --disasm` prints
+        from capstone import x86_const
+        _forbidden_ids.update({getattr(x86_const, f"X86_INS_{n}"): why
+                               for n, why in _FORBIDDEN_INSNS.items()
+                               if hasattr(x86_const, f"X86_INS_{n}")})
+        _decoder = md
+    return _decoder
+
+
+def check_template(code: bytes) -> str:
+    """Check `code` against the template ABI; return its disassembly, or raise TemplateError
+    naming the rule it breaks.  Needs capstone (template_decoder() is not None)."""
+    md = template_decoder()
+    if md is None:
+        raise RuntimeError("check_template needs capstone (pip install 'pvpatch[disasm]')")
+    if not code:
+        raise TemplateError("empty template")
+    if len(code) > MAX_INSN:
+        raise TemplateError(f"{len(code)} bytes, longer than any instruction ({MAX_INSN})")
+    insns = []
+    used = 0
+    for insn in md.disasm(code, 0):
+        insns.append(insn)
+        used += insn.size
+    if not insns:
+        raise TemplateError(f"{code.hex()} is not a whole instruction (truncated or invalid)")
+    first = insns[0]
+    asm = f"{first.mnemonic} {first.op_str}".strip()
+    if first.size != len(code):
+        if used == len(code):
+            listing = "; ".join(f"{i.mnemonic} {i.op_str}".strip() for i in insns)
+            raise TemplateError(f"{len(insns)} instructions ({listing}), not one")
+        raise TemplateError(f"{code[first.size:].hex()} after {asm!r} is not a whole "
+                            f"instruction (decoded length {first.size} of {len(code)} bytes)")
+    if first.id in _forbidden_ids:
+        raise TemplateError(f"{asm!r}: {_forbidden_ids[first.id]}")
+    for g in first.groups:
+        name = first.group_name(g)
+        if name in _FORBIDDEN_GROUPS:
+            raise TemplateError(f"{asm!r}: {_FORBIDDEN_GROUPS[name]}")
+    read, written = first.regs_access()
+    read = {_GPR_FAMILY.get(first.reg_name(r), first.reg_name(r)) for r in read}
+    written = {_GPR_FAMILY.get(first.reg_name(r), first.reg_name(r)) for r in written}
+    if "rip" in read or "rip" in written:
+        raise TemplateError(f"{asm!r}: RIP-relative (a template runs out of line from a slot "
+                            f"too: it must be position-independent)")
+    if _STACK in read or _STACK in written:
+        raise TemplateError(f"{asm!r}: uses the stack or rsp")
+    bad = sorted(written - TEMPLATE_WRITABLE)
+    if bad:
+        callee = [r for r in bad if r in ("rbx", "rbp", "r12", "r13", "r14", "r15")]
+        what = ("a callee-saved register" if callee else "state outside the site's clobbers "
+                "(rax rcx rdx rsi rdi r8-r11, flags, memory)")
+        raise TemplateError(f"{asm!r}: writes {', '.join(bad)}: {what}")
+    return asm

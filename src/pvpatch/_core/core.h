@@ -27,6 +27,10 @@ extern PyMethodDef core_forktest_methods[]; /* forktest.c */
 /* poke.c */
 int core_poke_init(void); /* at import: membarrier registration */
 int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruction */
+/* The C-level unregister (docs/extensions.md, "Lifecycle"), exported as the capsule
+ * pvpatch._core._unregister: forget the module whose descriptor is desc.  0, or -1 when it was
+ * not registered.  Takes only the batch lock: callable from a destructor inside dlclose. */
+int pvpatch_core_unregister(const void *desc);
 
 /* masks.c */
 int core_own_masks(void); /* keep SIGTRAP out of masks set through every object's GOT */
@@ -36,6 +40,9 @@ int core_sigaction_real(int sig, const struct sigaction *act, struct sigaction *
 int core_trap_sigaction(const struct sigaction *act, struct sigaction *old);
 
 #include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
+
+/* capi.c: add the C API capsule `_C_API` to the module */
+int core_capi_export(PyObject *module);
 
 /* selftest_sites.c */
 extern const struct pvpatch_op core_selftest_ops[];

@@ -5,6 +5,7 @@
  */
 #include "core.h"
 #include "bench_call.h"
+#include "bits_sites.h"
 #include "lock_sites.h"
 #include "selftest_sites.h"
 
@@ -16,6 +17,8 @@ static const struct pvpatch_group core_groups[] = {
                                 core_lock_ops, PVPATCH_NOPS(lock)},
     [PVPATCH_GROUP_ID(bench_call)] = {"bench_call", core_bench_call_variants, 1, 0,
                                       core_bench_call_ops, PVPATCH_NOPS(bench_call)},
+    [PVPATCH_GROUP_ID(bits)] = {"bits", core_bits_variants, 1, 0, core_bits_ops,
+                                PVPATCH_NOPS(bits)},
 };
 
 PVPATCH_MODULE("pvpatch._core", core_groups);
@@ -33,6 +36,7 @@ static PyMethodDef *const tables[] = {
     core_traptest_methods,
     core_masks_methods,
     core_forktest_methods,
+    core_bits_methods,
 };
 
 static struct PyModuleDef core_module = {
@@ -62,7 +66,18 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "ABI", CORE_ABI) < 0 || pvpatch_export(m, &pvpatch_module) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", CORE_ABI) < 0 || pvpatch_export(m, &pvpatch_module) < 0 ||
+        core_capi_export(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* The C-level unregister, until the C API capsule carries it: an extension takes the
+     * pointer once, with the GIL (PyCapsule_Import("pvpatch._core._unregister", 0)), and may
+     * call it later from anywhere, a destructor included. */
+    PyObject *cap = PyCapsule_New((void *)pvpatch_core_unregister, "pvpatch._core._unregister",
+                                  NULL);
+    if (cap == NULL || PyModule_AddObject(m, "_unregister", cap) < 0) {
+        Py_XDECREF(cap);
         Py_DECREF(m);
         return NULL;
     }

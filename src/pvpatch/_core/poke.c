@@ -124,25 +124,51 @@ int core_poke_init(void)
 
 /* One table per registered module: sorted site addresses and, for each site, its pending word
  * (what a thread that traps on the site must execute instead, while a batch holding the site is
- * live).  Tables are immutable once published, except for the pending words, and never freed:
- * the trap handler reads them without locks (publication: release in add_known_sites, partner
- * the acquire in site_pending). */
+ * live).  Tables are immutable once published, except for the pending words and `retired`, and
+ * never freed: the trap handler reads them without locks (publication: release in
+ * add_known_sites, partner the acquire in site_pending).
+ *
+ * Unregistering a module retires its table (retire_owner, docs/extensions.md "Lifecycle"):
+ *   1. Under the batch lock, so no batch is between its steps 0 and 4: no pending word of any
+ *      table is set to the live generation, except a parked batch's, whose entries of the
+ *      retired table are dropped in the same step (they are never restored: the module may be
+ *      gone).  A retired table's pending words are therefore never again read as live.
+ *   2. `retired` becomes 1 (release; partner: the acquire in site_lookup).  From then on the
+ *      patcher does not find the site (a batch drops entries naming it, sites_match does not
+ *      read it), so no batch writes, or reads, the module's memory.
+ *   3. The handler still finds it, but only after every live table (a later module may have
+ *      sites at the same addresses), and then treats it as a site with no batch: a thread that
+ *      trapped on an int3 of an earlier batch and is handled only now is rewound (H3), an int3
+ *      there is foreign (H5).  Whether the handler read `retired` as 0 or 1 makes no difference
+ *      to what it does, since the pending words hold no live generation (step 1).
+ *   4. Nothing is freed: the table stays (16 bytes a site) and its index is never reused. */
 #define MAX_SITE_TABLES 1024
 struct site_table {
     const uintptr_t *addr;
     _Atomic uint64_t *pending;
     size_t n;
+    uintptr_t owner;              /* the module's descriptor address: the unregister key */
+    uintptr_t text_start, text_len; /* its code range */
+    _Atomic int retired;
 };
 static struct site_table *_Atomic site_tables[MAX_SITE_TABLES];
 static _Atomic size_t n_site_tables;
 static pthread_mutex_t site_tables_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t no_batch_word; /* the pending word of a retired site: always 0 */
+static _Atomic unsigned long retire_gen; /* tables retired so far (Python polls it) */
 
-/* The pending word of the registered site starting at ip, or NULL.  Async-signal-safe. */
-static _Atomic uint64_t *site_pending(uintptr_t ip)
+/* The pending word of the registered site starting at ip, or NULL.  want_retired: look at
+ * retired tables too, after the live ones (the handler), and answer no_batch_word there.
+ * Async-signal-safe. */
+static _Atomic uint64_t *site_lookup(uintptr_t ip, bool want_retired)
 {
     size_t n = atomic_load_explicit(&n_site_tables, memory_order_acquire);
+    bool in_retired = false;
     for (size_t t = 0; t < n; t++) {
         const struct site_table *tb = atomic_load_explicit(&site_tables[t], memory_order_acquire);
+        bool retired = atomic_load_explicit(&tb->retired, memory_order_acquire);
+        if (retired && (!want_retired || in_retired))
+            continue;
         size_t lo = 0, hi = tb->n;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
@@ -151,11 +177,16 @@ static _Atomic uint64_t *site_pending(uintptr_t ip)
             else
                 hi = mid;
         }
-        if (lo < tb->n && tb->addr[lo] == ip)
-            return &tb->pending[lo];
+        if (lo < tb->n && tb->addr[lo] == ip) {
+            if (!retired)
+                return &tb->pending[lo];
+            in_retired = true;
+        }
     }
-    return NULL;
+    return in_retired ? &no_batch_word : NULL;
 }
+
+static _Atomic uint64_t *site_pending(uintptr_t ip) { return site_lookup(ip, false); }
 
 static int cmp_uptr(const void *x, const void *y)
 {
@@ -604,10 +635,10 @@ static void trap_handler(int sig, siginfo_t *si, void *ucv)
     if (si->si_code == SI_KERNEL) { /* int3 */
         uintptr_t ip = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP] - 1;
         uintptr_t site = ip;
-        _Atomic uint64_t *pend = site_pending(ip);
+        _Atomic uint64_t *pend = site_lookup(ip, true);
         bool at_slot = false;
         if (pend == NULL && (site = slot_site(ip)) != 0) {
-            pend = site_pending(site);
+            pend = site_lookup(site, true);
             at_slot = true;
         }
         if (pend != NULL) {
@@ -895,7 +926,7 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
                   onp0 = atomic_load(&ctr_traps_on_patcher), stale0 = atomic_load(&ctr_stale_traps);
     int syncs = 0, sync_errno = 0, failed_sync = 0, late_sync_errno = 0, io_errno = 0;
     const char *io_syscall = "text_write";
-    size_t ntrap = 0, nflip = 0;
+    size_t ntrap = 0, nflip = 0, dropped_retired = 0;
     long bad = -1;
     const char *why = NULL, *failure = NULL;
 #define SYNC_OR_FAIL(k)                                                                          \
@@ -948,21 +979,30 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
     }
     const uint64_t *pa = addrs.buf;
     const uint8_t *pl = lens.buf, *po = old.buf, *pn = new.buf;
+    size_t filled = 0;
     for (size_t i = 0; i < n; i++) {
-        struct entry *e = &b->e[i];
+        struct entry *e = &b->e[filled];
         memset(e, 0, sizeof(*e));
         e->addr = pa[i];
         e->len = pl[i];
         if (e->len < 1 || e->len > SITE_MAX) {
             why = "bad site length";
-            bad = (long)i;
+            bad = (long)filled;
             b->n = 0;
             goto unlock;
         }
+        /* A site of a module unregistered since the caller planned (retire_owner, e.g. from
+         * the module's destructor while it is unloaded) is dropped unread: its memory may be
+         * gone or reused. */
+        if (site_pending(e->addr) == NULL && site_lookup(e->addr, true) != NULL) {
+            dropped_retired++;
+            continue;
+        }
         memcpy(e->old, po + 16 * i, e->len);
         memcpy(e->new, pn + 16 * i, e->len);
+        filled++;
     }
-    b->n = n;
+    n = b->n = filled;
     qsort(b->e, n, sizeof(struct entry), cmp_entry);
     for (size_t i = 0; i < n && why == NULL; i++) {
         struct entry *e = &b->e[i];
@@ -1157,13 +1197,14 @@ unlock_nowriter:
         }
         goto out_release;
     }
-    result = Py_BuildValue("{s:n,s:i,s:d,s:k,s:k,s:k,s:k,s:n,s:n,s:i}", "sites", (Py_ssize_t)n,
+    result = Py_BuildValue("{s:n,s:i,s:d,s:k,s:k,s:k,s:k,s:n,s:n,s:i,s:n}", "sites", (Py_ssize_t)n,
                            "syncs", syncs, "ns", now_ns() - t0, "traps",
                            atomic_load(&ctr_traps) - traps0, "traps_helped",
                            atomic_load(&ctr_traps_emulated) - emu0, "traps_on_patcher",
                            atomic_load(&ctr_traps_on_patcher) - onp0, "stale_traps",
                            atomic_load(&ctr_stale_traps) - stale0, "flips", (Py_ssize_t)nflip,
-                           "trapping", (Py_ssize_t)ntrap, "late_sync_errno", late_sync_errno);
+                           "trapping", (Py_ssize_t)ntrap, "late_sync_errno", late_sync_errno,
+                           "dropped_retired", (Py_ssize_t)dropped_retired);
 out_release:
     PyBuffer_Release(&addrs);
     PyBuffer_Release(&lens);
@@ -1368,12 +1409,15 @@ static PyObject *py_writer_status(PyObject *self, PyObject *unused)
                          alias_maps, "code_ranges", (Py_ssize_t)n);
 }
 
-/* add_known_sites(addrs) -> index: addrs is a uint64 array of site starts (any order); the trap
- * handler recognises them from now on. */
-static PyObject *py_add_known_sites(PyObject *self, PyObject *arg)
+/* add_known_sites(addrs, owner=0, text_start=0, text_len=0) -> index: addrs is a uint64 array
+ * of site starts (any order); the trap handler recognises them from now on.  owner (the
+ * module's descriptor address) is what retire_owner names; the text is the code range
+ * released with it. */
+static PyObject *py_add_known_sites(PyObject *self, PyObject *args)
 {
     Py_buffer buf;
-    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) != 0)
+    unsigned long long owner = 0, text_start = 0, text_len = 0;
+    if (!PyArg_ParseTuple(args, "y*|KKK", &buf, &owner, &text_start, &text_len))
         return NULL;
     size_t n = (size_t)buf.len / sizeof(uintptr_t);
     struct site_table *tb = calloc(1, sizeof(*tb));
@@ -1392,6 +1436,9 @@ static PyObject *py_add_known_sites(PyObject *self, PyObject *arg)
     tb->addr = a;
     tb->pending = pend;
     tb->n = n;
+    tb->owner = (uintptr_t)owner;
+    tb->text_start = (uintptr_t)text_start;
+    tb->text_len = (uintptr_t)text_len;
     pthread_mutex_lock(&site_tables_lock);
     size_t t = atomic_load(&n_site_tables);
     if (t == MAX_SITE_TABLES) {
@@ -1399,14 +1446,115 @@ static PyObject *py_add_known_sites(PyObject *self, PyObject *arg)
         free(tb);
         free(a);
         free(pend);
-        PyErr_SetString(PyExc_OverflowError, "too many site tables");
+        PyErr_SetString(PyExc_OverflowError, "too many site tables (1024 registrations)");
         return NULL;
     }
     atomic_store_explicit(&site_tables[t], tb, memory_order_release);
-    /* Partner: the acquire of n_site_tables in site_pending. */
+    /* Partner: the acquire of n_site_tables in site_lookup. */
     atomic_store_explicit(&n_site_tables, t + 1, memory_order_release);
     pthread_mutex_unlock(&site_tables_lock);
     return PyLong_FromSize_t(t);
+}
+
+/* Is `owner`'s table retired?  (Only the batch lock's holder may rely on a 0.) */
+static bool owner_retired(uintptr_t owner)
+{
+    size_t n = atomic_load_explicit(&n_site_tables, memory_order_acquire);
+    bool found = false;
+    for (size_t t = 0; t < n; t++) {
+        struct site_table *tb = atomic_load_explicit(&site_tables[t], memory_order_acquire);
+        if (tb->owner != owner)
+            continue;
+        if (!atomic_load_explicit(&tb->retired, memory_order_acquire))
+            return false;
+        found = true;
+    }
+    return found;
+}
+
+/* Retire every live site table of `owner` (the steps are in the comment above struct
+ * site_table) and release its code range.  Returns the number of tables retired.  Takes the
+ * batch lock and nothing else (no GIL, no loader lock): callable from a destructor that runs
+ * inside dlclose, on any thread.  The batch lock's holders never wait for the loader lock or
+ * the GIL while holding it, so this cannot deadlock with a batch. */
+int pvpatch_core_retire_owner(uintptr_t owner)
+{
+    int retired = 0;
+    pthread_mutex_lock(&batch_lock);
+    pthread_mutex_lock(&site_tables_lock);
+    size_t n = atomic_load(&n_site_tables);
+    for (size_t t = 0; t < n; t++) {
+        struct site_table *tb = atomic_load(&site_tables[t]);
+        if (owner == 0 || tb->owner != owner || atomic_load(&tb->retired))
+            continue;
+        if (parked) {
+            /* 1. A parked batch's entries in this table are dropped, never restored. */
+            struct batch *b = &the_batch;
+            size_t kept = 0;
+            for (size_t i = 0; i < b->n; i++)
+                if (!(b->e[i].pending >= tb->pending && b->e[i].pending < tb->pending + tb->n))
+                    memmove(&b->e[kept++], &b->e[i], sizeof(struct entry));
+            b->n = kept;
+        }
+        /* 2. Partner: the acquire of `retired` in site_lookup / owner_retired. */
+        atomic_store_explicit(&tb->retired, 1, memory_order_release);
+        if (tb->text_len != 0)
+            pvp_code_range_release(tb->text_start, tb->text_len);
+        retired++;
+    }
+    pthread_mutex_unlock(&site_tables_lock);
+    if (retired)
+        atomic_fetch_add(&retire_gen, 1);
+    pthread_mutex_unlock(&batch_lock);
+    return retired;
+}
+
+/* The C-level unregister an extension calls (docs/extensions.md, "Lifecycle"): forget the
+ * module whose descriptor is `desc`.  0 when it was registered, -1 when it was not. */
+int pvpatch_core_unregister(const void *desc)
+{
+    return pvpatch_core_retire_owner((uintptr_t)desc) > 0 ? 0 : -1;
+}
+
+/* retire_owner(owner) -> number of tables retired (Python's unregister, after its batch). */
+static PyObject *py_retire_owner(PyObject *self, PyObject *arg)
+{
+    unsigned long long owner = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = pvpatch_core_retire_owner((uintptr_t)owner);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(r);
+}
+
+/* retired() -> (generation, [owner, ...]): the owners whose tables are all retired. */
+static PyObject *py_retired(PyObject *self, PyObject *unused)
+{
+    unsigned long gen = atomic_load(&retire_gen);
+    PyObject *l = PyList_New(0);
+    if (l == NULL)
+        return NULL;
+    size_t n = atomic_load_explicit(&n_site_tables, memory_order_acquire);
+    for (size_t t = 0; t < n; t++) {
+        struct site_table *tb = atomic_load_explicit(&site_tables[t], memory_order_acquire);
+        if (tb->owner == 0 || !owner_retired(tb->owner))
+            continue;
+        PyObject *o = PyLong_FromUnsignedLongLong(tb->owner);
+        if (o == NULL || PyList_Append(l, o) != 0) {
+            Py_XDECREF(o);
+            Py_DECREF(l);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    return Py_BuildValue("(kN)", gen, l);
+}
+
+static PyObject *py_retire_gen(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(atomic_load(&retire_gen));
 }
 
 static PyObject *py_sync(PyObject *self, PyObject *unused)
@@ -1435,13 +1583,16 @@ static PyObject *py_trap_counters(PyObject *self, PyObject *unused)
                          ctr_masks_stripped, "slots", (unsigned long)n_slots);
 }
 
-/* sites_match(addrs, lens, flat) -> index of the first site whose bytes are not its part of
- * flat (16 bytes per site, as apply_batch's old/new), or -1 when every site matches.  What the
- * registry's record of a group's variant is checked against. */
+/* sites_match(addrs, lens, flat, owner=0) -> index of the first site whose bytes are not its
+ * part of flat (16 bytes per site, as apply_batch's old/new), or -1 when every site matches.
+ * What the registry's record of a group's variant is checked against.  With an owner: -2, and
+ * nothing read, when that module was unregistered (its memory may be gone); the check and the
+ * reads are under the batch lock, so a retire_owner cannot come between them. */
 static PyObject *py_sites_match(PyObject *self, PyObject *args)
 {
     Py_buffer addrs, lens, flat;
-    if (!PyArg_ParseTuple(args, "y*y*y*", &addrs, &lens, &flat))
+    unsigned long long owner = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*|K", &addrs, &lens, &flat, &owner))
         return NULL;
     size_t n = (size_t)lens.len;
     long bad = -1;
@@ -1450,11 +1601,20 @@ static PyObject *py_sites_match(PyObject *self, PyObject *args)
     } else {
         const uint64_t *pa = addrs.buf;
         const uint8_t *pl = lens.buf, *pf = flat.buf;
-        for (size_t i = 0; i < n; i++)
-            if (pl[i] > 16 || memcmp((const void *)(uintptr_t)pa[i], pf + 16 * i, pl[i]) != 0) {
-                bad = (long)i;
-                break;
-            }
+        /* The batch lock's holders never wait for the GIL: taking it with the GIL held is
+         * safe, and cheap when no batch runs. */
+        if (owner != 0)
+            pthread_mutex_lock(&batch_lock);
+        if (owner != 0 && owner_retired((uintptr_t)owner))
+            bad = -2;
+        else
+            for (size_t i = 0; i < n; i++)
+                if (pl[i] > 16 || memcmp((const void *)(uintptr_t)pa[i], pf + 16 * i, pl[i]) != 0) {
+                    bad = (long)i;
+                    break;
+                }
+        if (owner != 0)
+            pthread_mutex_unlock(&batch_lock);
     }
     PyBuffer_Release(&addrs);
     PyBuffer_Release(&lens);
@@ -1482,7 +1642,10 @@ PyMethodDef core_poke_methods[] = {
     {"map_code", py_map_code, METH_VARARGS, "Fresh r-x code memory; returns its address."},
     {"write_code", py_write_code, METH_VARARGS, "Write bytes into a code range (no protocol)."},
     {"writer_status", py_writer_status, METH_NOARGS, "The writer's path and counters."},
-    {"add_known_sites", py_add_known_sites, METH_O, "Register site start addresses."},
+    {"add_known_sites", py_add_known_sites, METH_VARARGS, "Register site start addresses."},
+    {"retire_owner", py_retire_owner, METH_O, "Forget a module's sites (unregister)."},
+    {"retired", py_retired, METH_NOARGS, "(generation, owners whose sites are retired)."},
+    {"retire_gen", py_retire_gen, METH_NOARGS, "How many retirements so far."},
     {"sync", py_sync, METH_NOARGS, "membarrier SYNC_CORE."},
     {"membarrier_status", py_membarrier_status, METH_NOARGS, "(registered, errno)."},
     {"trap_counters", py_trap_counters, METH_NOARGS, "Trap handler counters."},

@@ -61,6 +61,8 @@ static struct code_range {
     int fd;               /* alias path: the memfd behind the shared r-x view; else -1 */
     uint8_t *_Atomic alias; /* alias path, during a batch: the rw- view, or NULL */
     int generated;        /* made by pvp_code_range_map */
+    int users;            /* registered modules in this text (add_text / release) */
+    int retired;          /* its last module was unregistered: never written again */
     char name[64];
 } ranges[MAX_CODE_RANGES];
 /* Entries are written before n_ranges is raised (release; partner: the acquire in find), so a
@@ -70,18 +72,37 @@ static pthread_mutex_t ranges_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static inline int range_holds(size_t i, uintptr_t addr, size_t len)
 {
-    return addr >= ranges[i].exec && addr - ranges[i].exec <= ranges[i].len &&
-           len <= ranges[i].len - (addr - ranges[i].exec);
+    return !ranges[i].retired && addr >= ranges[i].exec &&
+           addr - ranges[i].exec <= ranges[i].len && len <= ranges[i].len - (addr - ranges[i].exec);
 }
 
 int pvp_code_range_find(uintptr_t addr, size_t len)
 {
     size_t n = atomic_load_explicit(&n_ranges, memory_order_acquire);
     for (size_t i = 0; i < n; i++)
-        if (addr >= ranges[i].exec && addr - ranges[i].exec <= ranges[i].len &&
-            len <= ranges[i].len - (addr - ranges[i].exec))
+        if (range_holds(i, addr, len))
             return (int)i;
     return -1;
+}
+
+/* The last module registered in a text is gone (unregistered, or its object unloaded): the
+ * range is never written again, nor copied for a forked child (its address may be reused by
+ * another mapping).  Its entry is kept, retired, and never reused: a retired range is just an
+ * entry every lookup skips.  Called with the batch lock held (poke.c), so no batch is using
+ * the range meanwhile. */
+int pvp_code_range_release(uintptr_t start, size_t len)
+{
+    pthread_mutex_lock(&ranges_lock);
+    int r = pvp_code_range_find(start, len);
+    if (r >= 0 && !ranges[r].generated && --ranges[r].users <= 0) {
+        ranges[r].retired = 1;
+        if (ranges[r].fd >= 0) { /* alias path: the mapping stays as long as the object does */
+            close(ranges[r].fd);
+            ranges[r].fd = -1;
+        }
+    }
+    pthread_mutex_unlock(&ranges_lock);
+    return r;
 }
 
 /* Call with ranges_lock held. */
@@ -99,6 +120,8 @@ static int range_note(uintptr_t exec, size_t len, int fd, int generated, const c
     r->fd = fd;
     atomic_store(&r->alias, NULL);
     r->generated = generated;
+    r->users = 1;
+    r->retired = 0;
     snprintf(r->name, sizeof(r->name), "%s", name);
     atomic_store_explicit(&n_ranges, n + 1, memory_order_release);
     return (int)n;
@@ -147,11 +170,13 @@ int pvp_code_range_add_text(uintptr_t start, size_t len, const char *name)
     pthread_mutex_lock(&ranges_lock);
     int r = pvp_code_range_find(start, len);
     if (r >= 0) { /* already ours (generated code, or a second module in the same object) */
+        ranges[r].users++;
         pthread_mutex_unlock(&ranges_lock);
         return r;
     }
     for (size_t i = 0; i < atomic_load(&n_ranges); i++)
-        if (start < ranges[i].exec + ranges[i].len && ranges[i].exec < start + len) {
+        if (!ranges[i].retired && start < ranges[i].exec + ranges[i].len &&
+            ranges[i].exec < start + len) {
             pthread_mutex_unlock(&ranges_lock);
             errno = EINVAL;
             pvp_writer_syscall = "code range (overlaps a registered range partly)";

@@ -51,6 +51,7 @@ int pvp_writer_atomic_store_ok(void);
 int pvp_code_range_add_text(uintptr_t start, size_t len, const char *name);  /* registration */
 int pvp_code_range_map(size_t len, const char *name, uintptr_t near, uintptr_t *exec);
 int pvp_code_range_find(uintptr_t addr, size_t len); /* index, or -1 */
+int pvp_code_range_release(uintptr_t start, size_t len); /* a module of the text is gone */
 
 /* fork: called from poke.c's pthread_atfork handlers (batch lock held around them). */
 void pvp_writer_fork_prepare(void);

@@ -47,7 +47,7 @@
 
 #include <stdint.h>
 
-#define PVPATCH_ABI_VERSION 1
+#define PVPATCH_ABI_VERSION 2 /* 2: CPU feature bits in pvpatch_impl.flags */
 #define PVPATCH_MODULE_MAGIC 0x54505650u /* "PVPT" little-endian */
 
 #define PVPATCH_SITE_MIN 6  /* the default rendering: ff 15 rel32 */
@@ -69,7 +69,10 @@ struct pvpatch_site {
 
 /* One implementation of one op: a function (always) and optionally a one-instruction,
  * position-independent inline template that does the same thing, or PVPATCH_IMPL_NOP when the
- * implementation does nothing at all (sites then render as one NOP; the result is undefined). */
+ * implementation does nothing at all (sites then render as one NOP; the result is undefined).
+ * A template must follow the template ABI (docs/extensions.md): one whole instruction, no
+ * RIP-relative operand, no control flow, no stack, writes only to rax rcx rdx rsi rdi r8-r11,
+ * the flags and memory.  Registration refuses a template that breaks it. */
 struct pvpatch_impl {
     void *fn;
     const uint8_t *tmpl;
@@ -77,6 +80,17 @@ struct pvpatch_impl {
     uint32_t flags;
 };
 #define PVPATCH_IMPL_NOP 0x01
+/* CPU features the template needs (the kernel's ALTERNATIVE): the template is rendered only on a
+ * CPU that has every one named and while policy has not masked any (pvpatch.mask_features());
+ * otherwise the site calls fn, which must run on every x86-64 CPU.  Masking and unmasking
+ * re-render the sites while threads run them.  Flags the reader does not know are refused. */
+#define PVPATCH_IMPL_NEEDS_POPCNT 0x0100u  /* CPUID.01H:ECX.POPCNT[23] */
+#define PVPATCH_IMPL_NEEDS_LZCNT 0x0200u   /* CPUID.80000001H:ECX.LZCNT[5] */
+#define PVPATCH_IMPL_NEEDS_BMI1 0x0400u    /* CPUID.(07H,0):EBX.BMI1[3] */
+#define PVPATCH_IMPL_NEEDS_BMI2 0x0800u    /* CPUID.(07H,0):EBX.BMI2[8] */
+#define PVPATCH_IMPL_NEEDS_AVX2 0x1000u    /* CPUID.(07H,0):EBX.AVX2[5], and the OS saves YMM */
+#define PVPATCH_IMPL_NEEDS_MOVBE 0x2000u   /* CPUID.01H:ECX.MOVBE[22] */
+#define PVPATCH_IMPL_NEEDS_AVX512F 0x4000u /* CPUID.(07H,0):EBX.AVX512F[16], OS saves ZMM/k */
 
 struct pvpatch_op {
     const char *name;
@@ -336,6 +350,98 @@ static inline int pvpatch_export(PyObject *module, const struct pvpatch_module *
     }
     return 0;
 }
-#endif
+
+/* ---- the C API -----------------------------------------------------------------------------
+ *
+ * Exported by pvpatch the way numpy exports its C API: the package holds a capsule,
+ * `pvpatch._C_API`, of a versioned table of functions; pvpatch_import_api() finds it and the
+ * macros below call through it.  Call pvpatch_import_api() once, in the module's init function
+ * (it imports pvpatch, which registers pvpatch's own core first), before any other macro here:
+ *
+ *   if (pvpatch_import_api() < 0) return NULL;      // ImportError set
+ *
+ * The table pointer is one hidden weak variable per shared object, so every translation unit of
+ * an extension shares it (with or without LTO) and two extensions never do.
+ *
+ *   int pvpatch_runtime_patch(const char *group, const char *variant)
+ *       pvpatch.runtime_patch({group: variant}): 0, or -1 with a Python exception set.  Takes
+ *       the GIL if the calling thread does not hold it (any thread may call it, including one
+ *       that Python never saw); such a caller gets -1 with errno set (the exception's errno, or
+ *       EINVAL) and the exception is cleared, since it has no Python frame to go to.  Do not
+ *       call it (or pvpatch_current) holding a pvpatch_lock_t that a thread holding the GIL
+ *       may wait for: it takes the GIL.
+ *   int pvpatch_current(const char *group, char *buf, size_t size)
+ *       The group's current variant, NUL-terminated, into buf: 0, or -1 with an exception
+ *       (unknown group: pvpatch.RegistryError; buf too small: ValueError), GIL as above.
+ *   pvpatch_lock_t, PVPATCH_LOCK_INIT, pvpatch_lock(l), pvpatch_unlock(l), pvpatch_trylock(l)
+ *       pvpatch's switchable queued spinlock (docs/locks.md) for your own C code.  lock and
+ *       unlock run through the core's patchable `lock` sites, so pvpatch.runtime_patch({"lock":
+ *       ...}) and pvpatch.auto() switch your locks with pvpatch's own, while they are held.
+ *       trylock (1 taken, 0 not, never waits) is the same in every variant: all of them take a
+ *       free lock with one compare-and-swap of the whole word.  None of them needs the GIL;
+ *       none may be called from a signal handler that interrupted the same lock's holder.
+ *       A lock is 4 bytes, zero when free: PVPATCH_LOCK_INIT or memset to 0 initialises it.
+ */
+#include <stddef.h>
+
+/* The table's layout changes only by growing at its end; PVPATCH_API_VERSION changes when an
+ * existing entry changes meaning, and then an extension must be rebuilt. */
+#define PVPATCH_API_VERSION 1
+
+typedef struct pvpatch_lock_s {
+    uint32_t val; /* the qspinlock word of docs/locks.md; never touch it directly */
+} pvpatch_lock_t;
+#define PVPATCH_LOCK_INIT {0}
+
+struct pvpatch_api {
+    uint32_t version; /* PVPATCH_API_VERSION of the pvpatch that filled the table */
+    uint32_t size;    /* sizeof(struct pvpatch_api) there */
+    int (*runtime_patch)(const char *group, const char *variant);
+    int (*current)(const char *group, char *buf, size_t size);
+    void (*lock)(pvpatch_lock_t *l);
+    void (*unlock)(pvpatch_lock_t *l);
+    int (*trylock)(pvpatch_lock_t *l);
+    /* Forget a module before its code goes away (docs/extensions.md, "Lifecycle"): no GIL, no
+     * loader lock taken, so a destructor run by dlclose may call it.  0, or -1 when the module
+     * was not registered. */
+    int (*unregister)(const struct pvpatch_module *desc);
+};
+
+__attribute__((weak, visibility("hidden"))) const struct pvpatch_api *pvpatch_api_table = 0;
+
+static inline int pvpatch_import_api(void)
+{
+    PyObject *mod = PyImport_ImportModule("pvpatch");
+    if (mod == NULL)
+        return -1;
+    PyObject *cap = PyObject_GetAttrString(mod, "_C_API");
+    Py_DECREF(mod);
+    if (cap == NULL)
+        return -1;
+    /* The table is static data of pvpatch._core, which is never unloaded. */
+    const struct pvpatch_api *api =
+        (const struct pvpatch_api *)PyCapsule_GetPointer(cap, "pvpatch._C_API");
+    Py_DECREF(cap);
+    if (api == NULL)
+        return -1;
+    if (api->version != PVPATCH_API_VERSION || api->size < sizeof(struct pvpatch_api)) {
+        PyErr_Format(PyExc_ImportError,
+                     "pvpatch C API version %u (%u bytes) is installed, this extension was "
+                     "built against version %d (%u bytes): rebuild it against the installed "
+                     "pvpatch", api->version, api->size, PVPATCH_API_VERSION,
+                     (unsigned)sizeof(struct pvpatch_api));
+        return -1;
+    }
+    pvpatch_api_table = api;
+    return 0;
+}
+
+#define pvpatch_runtime_patch(group, variant) (pvpatch_api_table->runtime_patch((group), (variant)))
+#define pvpatch_current(group, buf, size) (pvpatch_api_table->current((group), (buf), (size)))
+#define pvpatch_lock(l) (pvpatch_api_table->lock(l))
+#define pvpatch_unlock(l) (pvpatch_api_table->unlock(l))
+#define pvpatch_trylock(l) (pvpatch_api_table->trylock(l))
+#define pvpatch_unregister(desc) (pvpatch_api_table->unregister(desc))
+#endif /* Py_PYTHON_H */
 
 #endif /* PVPATCH_H */
