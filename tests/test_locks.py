@@ -22,7 +22,7 @@ import pytest
 
 import pvpatch
 import pvpatch.locks as locks
-from pvpatch import _core, patcher
+from pvpatch import _core, patcher, torture
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "src" / "pvpatch" / "_core"
@@ -302,3 +302,39 @@ def test_grace_period_refuses_to_run_in_pv_mode(lock_native):
 
 def test_futex_works_here():
     _core.lock_futex_check()
+
+
+@pytest.mark.parametrize("writers", [2, 6])
+def test_pv_spin_zero_sleeps_at_once_and_still_progresses(lock_native, writers):
+    """pv_spin 0: waiters sleep without spinning.  The sleepy head must still look at the word
+    once per round: a head that found the lock free only after its (empty) spin went round
+    without taking it or sleeping, for ever, while its successor slept on its node."""
+    _core.lock_tune(pv_spin=0, rescue=0.5)
+    pvpatch.runtime_patch({"lock": "pv"})
+    longest = [0.0]
+
+    def watch(deadline):
+        last, t_last = 0, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+            total = sum(_core.torture_read(h[0])[0]) if h else 0
+            now = time.monotonic()
+            if total != last:
+                last, t_last = total, now
+            longest[0] = max(longest[0], now - t_last)
+            if longest[0] >= 2.0 and not dump:
+                dump.extend(torture.state_dump(h[0], "no acquisition for 2 s"))
+
+    h, dump = [], []
+    s0 = _core.lock_stats()
+    h.append(_core.torture_start(writers, 0, "pvpatch"))
+    try:
+        watch(time.monotonic() + 4.0)
+    finally:
+        res = _core.torture_stop(h[0], 10.0)
+    writes, fails = _core.torture_read(h[0])
+    s1 = _core.lock_stats()
+    stats = {k: s1[k] - s0[k] for k in s1}
+    assert longest[0] < 2.0, "\n".join(dump)
+    assert_clean(res, writes, fails, stats)
+    assert stats["node_sleep"] + stats["head_sleep"] > 0, "nobody slept: proves nothing"

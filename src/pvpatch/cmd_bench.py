@@ -1,15 +1,26 @@
 """`pvpatch bench`."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from . import bench, cliargs
 from . import bench_call  # noqa: F401  (registers the `call` suite)
+from . import bench_locks  # noqa: F401  (registers the `locks` suite)
 from .errors import PvpatchError
 
 
 JSON_SCHEMA = 1  # --json; bumped when a field changes meaning
+
+
+def _writer_list(text: str) -> list[int]:
+    """--writers 1,2,4: each an integer in 1..1024."""
+    one = cliargs.integer(1, 1024)
+    parts = [t for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: give writer counts such as 1,2,4")
+    return [one(t.strip()) for t in parts]
 
 
 def run(args) -> int:
@@ -22,19 +33,32 @@ def run(args) -> int:
                            f"{', '.join(bench.SUITES)}")
     results = {}
     for name in names:
-        if not args.json:
+        if args.json != "-":
             print(f"== {name}", file=sys.stderr)
         kwargs = {}
         if name == "patch" and args.repeat:
             kwargs["repeat"] = args.repeat
         if name == "patch" and args.threads:
             kwargs["threads"] = args.threads
+        if name == "locks":
+            if args.writers:
+                kwargs["writers"] = tuple(args.writers)
+            if args.seconds:
+                kwargs["seconds"] = args.seconds
+            if args.rounds:
+                kwargs["rounds"] = args.rounds
+            if args.hold_ns:
+                kwargs["hold_ns"] = args.hold_ns
         results[name] = bench.SUITES[name](**kwargs)
-        if not args.json:
+        if args.json != "-":
             fmt = bench.FORMATTERS.get(name)
             print(fmt(results[name]) if fmt else json.dumps(results[name], indent=2))
-    if args.json:
+    if args.json == "-":
         print(json.dumps({"schema": JSON_SCHEMA, **results}, indent=2))
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump({"schema": JSON_SCHEMA, **results}, f, indent=2)
+            f.write("\n")
     return 0
 
 
@@ -49,5 +73,15 @@ def register(sub) -> None:
     p.add_argument("--threads", type=cliargs.integer(0, 256), default=0, metavar="N",
                    help="patch suite: also measure with N idle threads and with N busy threads "
                         "running the sites being patched")
-    p.add_argument("--json", action="store_true", help="every result as one JSON object")
+    p.add_argument("--writers", type=_writer_list, default=None, metavar="N,N,..",
+                   help="locks suite: writer counts (default 1,2,4,8,16)")
+    p.add_argument("--seconds", type=cliargs.seconds(0.01, 3600), default=0, metavar="S",
+                   help="locks suite: seconds per lock per round (default 0.5)")
+    p.add_argument("--rounds", type=cliargs.integer(1, 1000), default=0, metavar="N",
+                   help="locks suite: rounds through every lock (default 2)")
+    p.add_argument("--hold-ns", type=cliargs.integer(0, 10**9), default=0, metavar="NS",
+                   help="locks suite: critical-section length (default 0)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="F",
+                   type=lambda t: t if t == "-" else cliargs.output_file()(t),
+                   help="every result as one JSON object, on stdout or into file F")
     p.set_defaults(func=run)

@@ -449,15 +449,20 @@ static inline int head_lock(pvp_lock_t *l, uint32_t tail, struct pvp_thread *me,
         }
         /* Sleepy head.
          * 1. Spin with the pending bit owned if we can get it: stealers stay off while the
-         *    head is awake, so the head is not starved. */
+         *    head is awake, so the head is not starved.  At least one look at the word even
+         *    with pv_spin 0: step 4 goes round without sleeping when the lock is free, so a
+         *    head that never tried to take a free lock here would go round for ever while
+         *    its successors sleep on their nodes. */
         int own = try_own_pending(l);
-        for (uint32_t i = 0, n = LOAD(&pv_spin); i < n; i++) {
+        for (uint32_t i = 0, n = LOAD(&pv_spin);; i++) {
             val = lock_load(l);
             if (!(val & PVP_Q_LOCKED_MASK) && (own || !(val & PVP_Q_PENDING_MASK))) {
                 if ((r = head_take(l, val, tail, own ? PVP_Q_PENDING : 0)) >= 0)
                     return r;
                 continue;
             }
+            if (i >= n)
+                break;
             if (!own && !(val & PVP_Q_PENDING_MASK))
                 own = try_own_pending(l);
             cpu_relax();

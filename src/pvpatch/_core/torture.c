@@ -6,7 +6,11 @@
  *
  * Kinds: pvpatch (pvpatch's queued spinlock through the `lock` group's sites, which Python
  * re-patches live), pthread-mutex, pthread-spin, tas (test-and-test-and-set), ticket (plain
- * fair ticket lock), and none (no lock: what a violation looks like; tests use it to prove the
+ * fair ticket lock), futex-park (spin a bounded time, then sleep on a futex: mutex 3 of Ulrich
+ * Drepper's "Futexes Are Tricky", 2004/2011, with a spin phase in front, as glibc's adaptive
+ * mutex has), mcs (the queue lock of Mellor-Crummey and Scott, "Algorithms for Scalable
+ * Synchronization on Shared-Memory Multiprocessors", ACM TOCS 9(1), 1991: each waiter spins on
+ * its own node) and none (no lock: what a violation looks like; tests use it to prove the
  * detector).  Each kind has its own lock and its own critical-section data, so that writers
  * moving from one kind to another never meet in one critical section under different locks.
  *
@@ -27,11 +31,36 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
-enum { K_PVPATCH, K_MUTEX, K_SPIN, K_TAS, K_TICKET, K_NONE, K_N };
+enum { K_PVPATCH, K_MUTEX, K_SPIN, K_TAS, K_TICKET, K_FUTEX, K_MCS, K_NONE, K_N };
 static const char *const kind_names[K_N] = {"pvpatch", "pthread-mutex", "pthread-spin",
-                                            "tas",     "ticket",        "none"};
+                                            "tas",     "ticket",        "futex-park",
+                                            "mcs",     "none"};
+
+/* Acquire latency, sampled: the first LAT_DENSE acquisitions of each sampling epoch, then
+ * one in LAT_EVERY, each timed with two clock_gettime(CLOCK_MONOTONIC) (vDSO, TSC here) around
+ * the acquire.  A ring of the last LAT_RING samples per writer, tagged with the epoch Python
+ * set when the writer took it, so that a reader picks one configuration's samples without
+ * stopping the writers. */
+#define LAT_RING 2048
+#define LAT_DENSE 256
+#define LAT_EVERY 64
+
+/* futex-park: the lock word's three states (Drepper's mutex 3). */
+enum { FP_FREE, FP_LOCKED, FP_CONTENDED };
+#define FP_SPIN 128 /* pauses on the word before parking: ~4 us here, under a futex round trip */
+
+struct mcs_node {
+    struct mcs_node *next;
+    uint32_t locked;
+} __attribute__((aligned(64)));
+
+/* One node per thread is enough: a torture writer holds at most one lock at a time. */
+static __thread struct mcs_node mcs_self;
 
 enum { W_IDLE, W_ACQUIRE, W_CS, W_RELEASE, W_EXITED };
 static const char *const where_names[] = {"idle", "acquire", "cs", "release", "exited"};
@@ -57,6 +86,10 @@ struct writer {
     uint64_t per_kind[K_N];
     uint32_t where;
     uint32_t kind;
+    uint32_t lat_next; /* next ring slot (written by the writer only) */
+    struct {
+        uint32_t ns, epoch;
+    } lat[LAT_RING];
 } __attribute__((aligned(64)));
 
 struct torture {
@@ -73,6 +106,10 @@ struct torture {
     struct {
         uint32_t next, owner;
     } ticket __attribute__((aligned(64)));
+    uint32_t futex __attribute__((aligned(64)));
+    uint64_t futex_sleeps; /* futex-park: FUTEX_WAITs that slept (returned 0) */
+    struct mcs_node *mcs_tail __attribute__((aligned(64)));
+    uint32_t epoch; /* latency-sample epoch, set by Python */
     struct cs_data cs[K_N];
     struct writer w[];
 };
@@ -82,6 +119,74 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static long sys_futex(uint32_t *uaddr, int op, uint32_t val)
+{
+    return syscall(SYS_futex, uaddr, op | FUTEX_PRIVATE_FLAG, val, NULL, NULL, 0);
+}
+
+/* Drepper, "Futexes Are Tricky", mutex 3, behind a bounded spin: 0 free, 1 locked, 2 locked
+ * and someone may sleep.  A thread that parks marks the word 2 first (xchg), so the unlock that
+ * sees 2 wakes one; a woken thread takes the word as 2, since others may still sleep. */
+static void futex_park_lock(uint32_t *w, uint64_t *sleeps)
+{
+    uint32_t c = FP_FREE;
+    if (__atomic_compare_exchange_n(w, &c, FP_LOCKED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return;
+    for (int i = 0; i < FP_SPIN; i++) {
+        __builtin_ia32_pause();
+        c = LOAD(w);
+        if (c == FP_FREE && __atomic_compare_exchange_n(w, &c, FP_LOCKED, 0, __ATOMIC_ACQUIRE,
+                                                        __ATOMIC_RELAXED))
+            return;
+        if (c == FP_CONTENDED) /* sleepers already: spinning would only steal from them */
+            break;
+    }
+    if (c != FP_CONTENDED)
+        c = __atomic_exchange_n(w, FP_CONTENDED, __ATOMIC_ACQUIRE);
+    while (c != FP_FREE) {
+        if (sys_futex(w, FUTEX_WAIT, FP_CONTENDED) == 0) /* EAGAIN/EINTR: re-check */
+            __atomic_fetch_add(sleeps, 1, __ATOMIC_RELAXED);
+        c = __atomic_exchange_n(w, FP_CONTENDED, __ATOMIC_ACQUIRE);
+    }
+}
+
+static void futex_park_unlock(uint32_t *w)
+{
+    if (__atomic_exchange_n(w, FP_FREE, __ATOMIC_RELEASE) == FP_CONTENDED)
+        sys_futex(w, FUTEX_WAKE, 1);
+}
+
+/* MCS: 1. publish our node as the tail (xchg); 2. link it behind the predecessor, whose
+ * release store of `locked` (partner: step 2 of mcs_unlock) hands us the lock. */
+static void mcs_lock(struct mcs_node **tail)
+{
+    struct mcs_node *me = &mcs_self;
+    STORE(&me->next, NULL);
+    STORE(&me->locked, 0);
+    struct mcs_node *pred = __atomic_exchange_n(tail, me, __ATOMIC_ACQ_REL);
+    if (pred == NULL)
+        return;
+    __atomic_store_n(&pred->next, me, __ATOMIC_RELEASE);
+    while (!__atomic_load_n(&me->locked, __ATOMIC_ACQUIRE))
+        __builtin_ia32_pause();
+}
+
+/* 1. No successor linked: try to empty the queue; a successor that swapped the tail in between
+ * links soon, wait for it.  2. Grant it (release: our critical section before its). */
+static void mcs_unlock(struct mcs_node **tail)
+{
+    struct mcs_node *me = &mcs_self, *next = __atomic_load_n(&me->next, __ATOMIC_ACQUIRE);
+    if (next == NULL) {
+        struct mcs_node *expect = me;
+        if (__atomic_compare_exchange_n(tail, &expect, NULL, 0, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED))
+            return;
+        while ((next = __atomic_load_n(&me->next, __ATOMIC_ACQUIRE)) == NULL)
+            __builtin_ia32_pause();
+    }
+    __atomic_store_n(&next->locked, 1, __ATOMIC_RELEASE);
 }
 
 static inline void acquire(struct torture *t, uint32_t k, int id)
@@ -112,6 +217,12 @@ static inline void acquire(struct torture *t, uint32_t k, int id)
             __builtin_ia32_pause();
         break;
     }
+    case K_FUTEX:
+        futex_park_lock(&t->futex, &t->futex_sleeps);
+        break;
+    case K_MCS:
+        mcs_lock(&t->mcs_tail);
+        break;
     default:
         break;
     }
@@ -138,6 +249,12 @@ static inline void release(struct torture *t, uint32_t k, int id)
     case K_TICKET:
         __atomic_store_n(&t->ticket.owner, LOAD(&t->ticket.owner) + 1, __ATOMIC_RELEASE);
         break;
+    case K_FUTEX:
+        futex_park_unlock(&t->futex);
+        break;
+    case K_MCS:
+        mcs_unlock(&t->mcs_tail);
+        break;
     default:
         break;
     }
@@ -149,11 +266,35 @@ static void *writer_main(void *arg)
     struct torture *t = w->t;
     const int me = w->id + 1;
     __atomic_store_n(&w->started, 1, __ATOMIC_RELEASE);
+    uint32_t epoch = 0;
+    uint64_t in_epoch = 0; /* acquisitions since this writer saw the epoch change */
     while (!__atomic_load_n(&t->stop, __ATOMIC_RELAXED)) {
         uint32_t k = __atomic_load_n(&t->kind, __ATOMIC_RELAXED);
+        uint32_t e = __atomic_load_n(&t->epoch, __ATOMIC_RELAXED);
+        if (e != epoch) {
+            epoch = e;
+            in_epoch = 0;
+        }
+        int timed = in_epoch < LAT_DENSE || (in_epoch & (LAT_EVERY - 1)) == 0;
         STORE(&w->kind, k);
         STORE(&w->where, W_ACQUIRE);
+        uint64_t t0 = timed ? now_ns() : 0;
         acquire(t, k, w->id);
+        /* A sample belongs to the epoch in which its acquisition completed, as the
+         * acquisition counts do: re-read it (a long wait may span an epoch change). */
+        e = __atomic_load_n(&t->epoch, __ATOMIC_RELAXED);
+        if (e != epoch) {
+            epoch = e;
+            in_epoch = 0;
+        }
+        in_epoch++;
+        if (timed) {
+            uint64_t d = now_ns() - t0;
+            uint32_t i = w->lat_next;
+            STORE(&w->lat[i].ns, d > UINT32_MAX ? UINT32_MAX : (uint32_t)d);
+            STORE(&w->lat[i].epoch, epoch);
+            STORE(&w->lat_next, (i + 1) % LAT_RING);
+        }
         STORE(&w->where, W_CS);
 
         /* The critical section: nobody else may be here, under this kind's lock. */
@@ -421,6 +562,59 @@ static PyObject *py_torture_read(PyObject *self, PyObject *cap)
     return Py_BuildValue("(NN)", w, f);
 }
 
+/* torture_read_kind(handle, kind) -> acquisitions per writer on that kind's lock */
+static PyObject *py_torture_read_kind(PyObject *self, PyObject *args)
+{
+    PyObject *cap;
+    const char *kind;
+    if (!PyArg_ParseTuple(args, "Os", &cap, &kind))
+        return NULL;
+    struct torture *t = get(cap);
+    if (t == NULL)
+        return NULL;
+    int k = kind_index(kind);
+    if (k < 0)
+        return NULL;
+    return u64_list(t, offsetof(struct writer, per_kind) + sizeof(uint64_t) * (size_t)k);
+}
+
+/* torture_epoch(handle) -> the new latency-sample epoch: samples taken from now on carry it. */
+static PyObject *py_torture_epoch(PyObject *self, PyObject *cap)
+{
+    struct torture *t = get(cap);
+    if (t == NULL)
+        return NULL;
+    uint32_t e = __atomic_add_fetch(&t->epoch, 1, __ATOMIC_RELAXED);
+    return PyLong_FromUnsignedLong(e);
+}
+
+/* torture_latency(handle, epoch) -> acquire latencies in ns sampled in that epoch (the rings'
+ * current contents; racy with the writers by a sample or two, which a percentile ignores). */
+static PyObject *py_torture_latency(PyObject *self, PyObject *args)
+{
+    PyObject *cap;
+    unsigned long epoch;
+    if (!PyArg_ParseTuple(args, "Ok", &cap, &epoch))
+        return NULL;
+    struct torture *t = get(cap);
+    if (t == NULL)
+        return NULL;
+    PyObject *l = PyList_New(0);
+    for (int i = 0; l != NULL && i < t->nwriters; i++)
+        for (int j = 0; j < LAT_RING; j++) {
+            if (LOAD(&t->w[i].lat[j].epoch) != (uint32_t)epoch)
+                continue;
+            PyObject *v = PyLong_FromUnsignedLong(LOAD(&t->w[i].lat[j].ns));
+            if (v == NULL || PyList_Append(l, v) < 0) {
+                Py_XDECREF(v);
+                Py_CLEAR(l);
+                break;
+            }
+            Py_DECREF(v);
+        }
+    return l;
+}
+
 /* torture_state(handle) -> dict: the lock word, each writer's whereabouts, each kind's
  * counters (for state dumps; racy by nature, read while the writers run). */
 static PyObject *py_torture_state(PyObject *self, PyObject *cap)
@@ -445,12 +639,14 @@ static PyObject *py_torture_state(PyObject *self, PyObject *cap)
     }
     if (writers == NULL)
         return NULL;
-    return Py_BuildValue("{s:I,s:K,s:s,s:N,s:I,s:I,s:I}", "lock_word",
+    return Py_BuildValue("{s:I,s:K,s:s,s:N,s:I,s:I,s:I,s:I,s:i,s:K}", "lock_word",
                          __atomic_load_n(&t->qlock.val, __ATOMIC_RELAXED), "lock_addr",
                          (unsigned long long)(uintptr_t)&t->qlock, "kind",
                          kind_names[LOAD(&t->kind)], "writers", writers, "tas",
                          (unsigned)LOAD(&t->tas), "ticket_next", LOAD(&t->ticket.next),
-                         "ticket_owner", LOAD(&t->ticket.owner));
+                         "ticket_owner", LOAD(&t->ticket.owner), "futex_word", LOAD(&t->futex),
+                         "mcs_tail_set", (int)(LOAD(&t->mcs_tail) != NULL), "futex_sleeps",
+                         (unsigned long long)LOAD(&t->futex_sleeps));
 }
 
 /* torture_stop(handle, timeout) -> dict {joined, stuck: [writer ids], kinds: {kind: (writes,
@@ -513,6 +709,9 @@ PyMethodDef core_torture_methods[] = {
     {"torture_start", py_torture_start, METH_VARARGS, "Start writer threads on a lock kind."},
     {"torture_set_kind", py_torture_set_kind, METH_VARARGS, "Move the writers to a lock kind."},
     {"torture_read", py_torture_read, METH_O, "(writes, fails) per writer."},
+    {"torture_read_kind", py_torture_read_kind, METH_VARARGS, "Writes per writer on a kind."},
+    {"torture_epoch", py_torture_epoch, METH_O, "Start a new latency-sample epoch."},
+    {"torture_latency", py_torture_latency, METH_VARARGS, "Acquire latencies (ns) of an epoch."},
     {"torture_state", py_torture_state, METH_O, "Lock word and writer whereabouts."},
     {"torture_stop", py_torture_stop, METH_VARARGS, "Stop and join the writers (bounded)."},
     {NULL, NULL, 0, NULL},
