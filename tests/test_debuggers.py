@@ -175,7 +175,11 @@ def test_perf_report_names_functions_of_registered_modules(tmp_path):
     syms = {l.split("[.]")[1].strip() for l in ours if "[.]" in l}
     assert {"run_site", "executor_main"} & syms, rep.stdout[:3000]
     assert any(s.startswith("site") for s in syms), syms  # the patched functions themselves
-    assert "memfd" not in rep.stdout
+    # Registered text is the object's own mapping, never a memfd copy.  The one memfd left is
+    # the out-of-line slot arena (inline renderings that trapping threads run, docs/protocol.md),
+    # which perf may sample while a batch is live.
+    stray = [l for l in rep.stdout.splitlines() if "memfd" in l and "pvpatch-slots" not in l]
+    assert not stray, stray
 
 
 def _tracefs(tmp_path):
