@@ -30,7 +30,7 @@ from . import _core, bench
 WRITERS = (1, 2, 4, 8, 16)
 PEERS = ("pthread-mutex", "pthread-spin", "tas", "ticket", "futex-park", "mcs")
 VARIANTS = ("native", "pv", "auto")
-FAIR_MAX_MIN = 1.2  # a peer is "fair" in a run where its Max/Min stays at most this (issue 12)
+FAIR_MAX_MIN = 1.2  # a peer is "fair" in a run where its Max/Min stays at most this
 
 
 class _Hostd:

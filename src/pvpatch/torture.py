@@ -307,8 +307,8 @@ class Watchdog(threading.Thread):
 # ---- progress gaps ----------------------------------------------------------------------
 
 #: A writer's stretch without an acquisition is reported when it is longer than this many
-#: times its median acquire latency (issue 14: a 2-3 s stall of one writer that ended as a
-#: SUCCESS, the stall bound being 10 s).
+#: times its median acquire latency (a 2-3 s stall of one writer once ended as a SUCCESS,
+#: the stall bound being 10 s).
 GAP_FACTOR = 100
 GAP_SAMPLE_S = 0.01   # how often the run loop samples the writers' counts
 

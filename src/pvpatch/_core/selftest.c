@@ -14,7 +14,7 @@
  * holds the lock may trap on a site under patch while the patcher's own handler spins for the
  * lock.  Here the trapping handler never waits for the patcher: it runs the site itself.
  *
- * Two options put the trap path where ordinary programs put it (issue 8's reproductions):
+ * Two options put the trap path where ordinary programs put it (the idioms that used to kill it):
  *
  *   sigblock_thread   one more thread runs every site with every signal blocked
  *                     (pthread_sigmask(SIG_BLOCK, all) ... sites ... restore, in a loop), as a
