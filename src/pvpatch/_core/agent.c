@@ -653,6 +653,7 @@ struct pvagent {
     struct pvagent_switch *recs;
     size_t nrecs_total;
     struct pvagent_switch cur; /* the switch being applied */
+    const struct pvagent_obs *cur_obs; /* and the observation it acts on */
     int in_force;              /* mode of the last successful switch, -1 none */
     struct pvagent_stats st;
 };
@@ -693,10 +694,11 @@ static int attempt(struct pvagent *a, int mode, const char *why, const struct pv
     s->attempt = n;
     /* Only a publication causes a switch: a page that went stale or missing published
      * nothing, so there is no publication time to measure from (t_publish 0). */
-    if (o->valid && (o->status == PVAGENT_USABLE || o->status == PVAGENT_STOPPED)) {
-        s->t_publish = o->cause_ns / 1e9;
+    if (o->valid)
         s->generation = o->page.generation;
-    }
+    if (o->valid && (o->status == PVAGENT_USABLE || o->status == PVAGENT_STOPPED))
+        s->t_publish = o->cause_ns / 1e9;
+    a->cur_obs = o;
     s->t_seen = o->seen_ns / 1e9;
     s->t_decided = now_s();
     struct pvrt_error e = {0};
@@ -715,9 +717,12 @@ static int attempt(struct pvagent *a, int mode, const char *why, const struct pv
     return s->ok;
 }
 
+static void set_this_agent(const struct pvagent *a);
+
 static void *worker(void *arg)
 {
     struct pvagent *a = arg;
+    set_this_agent(a);
     struct pvagent_obs o;
     struct pvagent_input in = {0};
     int judge_raw = -2;
@@ -960,9 +965,21 @@ void pvagent_destroy(struct pvagent *a)
     free(a);
 }
 
+/* The agent whose thread this is (apply may run before pvagent_create has returned). */
+static __thread const struct pvagent *this_agent;
+
 const struct pvagent_switch *pvagent_in_progress(const struct pvagent *a)
 {
-    return &a->cur;
+    if (a == NULL)
+        a = this_agent;
+    return a ? &a->cur : NULL;
+}
+
+const struct pvagent_obs *pvagent_in_progress_obs(const struct pvagent *a)
+{
+    if (a == NULL)
+        a = this_agent;
+    return a ? a->cur_obs : NULL;
 }
 
 size_t pvagent_switches_of(struct pvagent *a, struct pvagent_switch *out, size_t max)
@@ -983,6 +1000,11 @@ void pvagent_stats_of(struct pvagent *a, struct pvagent_stats *out)
     *out = a->st;
     out->held_back = a->pol->held_back;
     pthread_mutex_unlock(&a->reclock);
+}
+
+static void set_this_agent(const struct pvagent *a)
+{
+    this_agent = a;
 }
 
 /* The process's agent. */

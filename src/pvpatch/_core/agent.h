@@ -218,8 +218,11 @@ struct pvagent;
 struct pvagent_switch;
 struct pvagent *pvagent_create(const struct pvagent_config *c, struct pvrt_error *e);
 void pvagent_destroy(struct pvagent *a); /* stops and joins its thread, frees it */
-/* The switch being applied: valid inside apply, on the agent's thread. */
+/* The switch being applied and the observation it acts on: valid inside apply, on the agent's
+ * thread; a NULL: the agent of the calling thread (apply may run before pvagent_create has
+ * returned the pointer). */
 const struct pvagent_switch *pvagent_in_progress(const struct pvagent *a);
+const struct pvagent_obs *pvagent_in_progress_obs(const struct pvagent *a);
 
 struct pvagent_switch {
     double t_publish, t_done;          /* CLOCK_MONOTONIC s; t_publish 0: no publication caused it */

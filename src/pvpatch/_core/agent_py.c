@@ -238,9 +238,21 @@ static int py_finalizing(void)
 #endif
 }
 
-/* apply(group, variant) on the agent's thread: apply(mode, reason, generation, t_publish,
- * t_seen, t_decided, attempt) in Python, with the GIL.  It returns None for success or a
- * message; an exception is a refusal carrying its text. */
+/* Build the Python arguments that describe an observation: status, problem, page bytes or
+ * None, seen_ns, cause_ns or None. */
+static PyObject *obs_args(const struct pvagent_obs *o)
+{
+    if (o->valid)
+        return Py_BuildValue("ssy#KK", pvagent_status_name(o->status), o->problem,
+                             (const char *)&o->page, (Py_ssize_t)PVAGENT_SIZE_V1,
+                             (unsigned long long)o->seen_ns, (unsigned long long)o->cause_ns);
+    return Py_BuildValue("ssOKO", pvagent_status_name(o->status), o->problem, Py_None,
+                         (unsigned long long)o->seen_ns, Py_None);
+}
+
+/* apply(group, variant) on the agent's thread: apply(mode, reason, attempt, *observation) in
+ * Python, with the GIL.  It returns None for success or a message; an exception is a refusal
+ * carrying its text. */
 static int agent_apply(const char *group, const char *variant, void *arg, struct pvrt_error *e)
 {
     AgentObject *self = arg;
@@ -248,12 +260,19 @@ static int agent_apply(const char *group, const char *variant, void *arg, struct
         snprintf(e->msg, sizeof(e->msg), "interpreter finalizing");
         return -1;
     }
-    const struct pvagent_switch *s = pvagent_in_progress(self->a);
+    const struct pvagent_switch *s = pvagent_in_progress(NULL);
     PyGILState_STATE g = PyGILState_Ensure();
     int rc = 0;
-    PyObject *r = PyObject_CallFunction(
-        self->apply, "ssIdddI", s->mode == PVAGENT_MODE_FAST ? "fast" : "safe", s->reason,
-        (unsigned)s->generation, s->t_publish, s->t_seen, s->t_decided, s->attempt);
+    PyObject *r = NULL, *head = Py_BuildValue("(ssI)", s->mode == PVAGENT_MODE_FAST ? "fast"
+                                                                                  : "safe",
+                                              s->reason, s->attempt);
+    PyObject *tail = obs_args(pvagent_in_progress_obs(NULL));
+    PyObject *all = head && tail ? PySequence_Concat(head, tail) : NULL;
+    if (all != NULL)
+        r = PyObject_Call(self->apply, all, NULL);
+    Py_XDECREF(head);
+    Py_XDECREF(tail);
+    Py_XDECREF(all);
     if (r == NULL) {
         PyObject *t, *v, *tb;
         PyErr_Fetch(&t, &v, &tb);
@@ -285,21 +304,15 @@ static void agent_observe(const struct pvagent_obs *o, void *arg)
     if (self->observe == Py_None || py_finalizing())
         return;
     PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *r;
-    if (o->valid)
-        r = PyObject_CallFunction(self->observe, "ssy#KK", pvagent_status_name(o->status),
-                                  o->problem, (const char *)&o->page,
-                                  (Py_ssize_t)PVAGENT_SIZE_V1, (unsigned long long)o->seen_ns,
-                                  (unsigned long long)o->cause_ns);
-    else
-        r = PyObject_CallFunction(self->observe, "ssOKO", pvagent_status_name(o->status),
-                                  o->problem, Py_None, (unsigned long long)o->seen_ns, Py_None);
+    PyObject *r = NULL, *args = obs_args(o);
+    if (args != NULL)
+        r = PyObject_Call(self->observe, args, NULL);
     if (r == NULL)
         PyErr_WriteUnraisable(self->observe);
+    Py_XDECREF(args);
     Py_XDECREF(r);
     PyGILState_Release(g);
 }
-
 static void agent_stop_c(AgentObject *self)
 {
     if (self->a == NULL)
