@@ -783,7 +783,9 @@ static void *worker(void *arg)
             if (attempt(a, pending_mode, pending_why, &pending_obs, pending_attempt)) {
                 pending = 0;
             } else {
-                double b = a->c.retry_initial_s * pow(2, pending_attempt - 1);
+                double b = a->c.retry_initial_s; /* doubling per attempt, up to retry_max_s */
+                for (unsigned k = 1; k < pending_attempt && b < a->c.retry_max_s; k++)
+                    b *= 2;
                 retry_at = now_s() + (b < a->c.retry_max_s ? b : a->c.retry_max_s);
             }
         }
