@@ -837,6 +837,8 @@ static void *worker(void *arg)
         a->st.timeouts += w == 1;
         pthread_mutex_unlock(&a->reclock);
     }
+    if (a->c.on_exit)
+        a->c.on_exit(a->c.observe_arg);
     return NULL;
 }
 

@@ -206,6 +206,7 @@ struct pvagent_config {
      * else initialised by the caller, and only read by others while the agent runs). */
     struct pvagent_policy *policy;
     size_t stack_size;                 /* of the agent's thread; 0: the default */
+    void (*on_exit)(void *arg);        /* on the agent's thread as it ends (observe_arg) */
 };
 
 /* The process's agent (one at a time): start it, stop it (joins the thread; the variant in

@@ -238,6 +238,36 @@ static int py_finalizing(void)
 #endif
 }
 
+/* The agent's thread keeps one Python thread state for its whole life: created at its first
+ * callback (PyGILState_Ensure), parked with the GIL released between callbacks, and deleted
+ * when the thread ends (agent_thread_exit).  A state created and deleted per callback cost
+ * more than the rest of the hand-over into Python. */
+static __thread PyThreadState *agent_ts;
+
+static void gil_take(void)
+{
+    if (agent_ts == NULL) {
+        PyGILState_Ensure();
+        agent_ts = PyThreadState_Get();
+    } else {
+        PyEval_RestoreThread(agent_ts);
+    }
+}
+
+static void gil_drop(void)
+{
+    PyEval_SaveThread();
+}
+
+static void agent_thread_exit(void *arg)
+{
+    if (agent_ts == NULL || py_finalizing())
+        return; /* no state, or too late to delete it */
+    PyEval_RestoreThread(agent_ts);
+    agent_ts = NULL;
+    PyGILState_Release(PyGILState_UNLOCKED); /* deletes the state, releases the GIL */
+}
+
 /* Build the Python arguments that describe an observation: status, problem, page bytes or
  * None, seen_ns, cause_ns or None. */
 static PyObject *obs_args(const struct pvagent_obs *o)
@@ -261,7 +291,7 @@ static int agent_apply(const char *group, const char *variant, void *arg, struct
         return -1;
     }
     const struct pvagent_switch *s = pvagent_in_progress(NULL);
-    PyGILState_STATE g = PyGILState_Ensure();
+    gil_take();
     int rc = 0;
     PyObject *r = NULL, *head = Py_BuildValue("(ssI)", s->mode == PVAGENT_MODE_FAST ? "fast"
                                                                                   : "safe",
@@ -293,7 +323,7 @@ static int agent_apply(const char *group, const char *variant, void *arg, struct
         rc = -1;
     }
     Py_XDECREF(r);
-    PyGILState_Release(g);
+    gil_drop();
     return rc;
 }
 
@@ -303,7 +333,7 @@ static void agent_observe(const struct pvagent_obs *o, void *arg)
     AgentObject *self = arg;
     if (self->observe == Py_None || py_finalizing())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    gil_take();
     PyObject *r = NULL, *args = obs_args(o);
     if (args != NULL)
         r = PyObject_Call(self->observe, args, NULL);
@@ -311,7 +341,7 @@ static void agent_observe(const struct pvagent_obs *o, void *arg)
         PyErr_WriteUnraisable(self->observe);
     Py_XDECREF(args);
     Py_XDECREF(r);
-    PyGILState_Release(g);
+    gil_drop();
 }
 static void agent_stop_c(AgentObject *self)
 {
@@ -358,6 +388,7 @@ static int agent_init(AgentObject *self, PyObject *args, PyObject *kw)
     c.apply_arg = self;
     c.on_observe = agent_observe;
     c.observe_arg = self;
+    c.on_exit = agent_thread_exit;
     c.policy = &((PolicyObject *)policy)->p;
     c.stack_size = (size_t)(stack > 0 ? stack : 0);
     c.retry_initial_s = ri;
