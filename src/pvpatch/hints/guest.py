@@ -142,48 +142,52 @@ class _Agent:
     def _apply(self, mode, reason, attempt, status, problem, page, seen_ns, cause_ns):
         """Switch every group to `mode`'s variant; None for success, else the error."""
         try:
-            st = self._state(status, problem, page, seen_ns, cause_ns)
-            return self._switch(mode, reason, attempt, st)
+            return self._switch(mode, reason, attempt, status, problem, page, seen_ns, cause_ns)
         except BaseException as e:  # noqa: B036 - a SystemExit from a callback included
             self.restarts += 1
             self.errors.report("worker", e, "loop restarted")
             return None if self._last_ok else f"{type(e).__name__}: {e}"
 
-    def _switch(self, mode: str, reason: str, attempt: int, st: HintState):
+    def _switch(self, mode, reason, attempt, status, problem, page, seen_ns, cause_ns):
+        # The patch call first: everything it does not need is built after it, off the path
+        # from the publication to the switch.
         decided = time.monotonic_ns()
         variants = self.policy.variants(mode)
         self._last_ok = False
         with self._cv:
             self._pending = True
+        ok, error, patch_event = False, "", None
+        try:
+            patch_event = self.patch(dict(variants))
+            ok = True
+        except PvpatchError as e:
+            # The variant in force stays what it was (a refused batch changes nothing); the
+            # agent retries with backoff.  Hints are advisory: this costs throughput, not safety.
+            error = f"{type(e).__name__}: {e}"
+            log.warning("hint agent: switching to %s failed (attempt %d): %s; retrying",
+                        variants, attempt, error)
+        except Exception as e:  # not pvpatch's own: a bug or the environment; same stance
+            error = f"unexpected {type(e).__name__}: {e}"
+            self.errors.report("worker", e, f"switch to {variants} retried")
+        done = time.monotonic_ns()
+        st = self._state(status, problem, page, seen_ns, cause_ns)
         if attempt == 1:
             self.decisions.append(Decision(mode, variants, reason, self.policy.last_switch, st))
             if len(self.decisions) > self.max_events:
                 del self.decisions[: len(self.decisions) - self.max_events]
         else:
             self.retries += 1
-        page = st.page if st.valid else None
+        p = st.page if st.valid else None
         # Only a publication causes a switch: a page that went stale or missing published
         # nothing, so there is no publication time to measure from.  After a period without
         # usable hints, the cause is the first fresh page (agent.c: cause_ns).
-        caused = page is not None and (st.usable or page.state == abi.STATE_STOPPED)
+        caused = p is not None and (st.usable or p.state == abi.STATE_STOPPED)
         ev = SwitchEvent(
             variants=variants, mode=mode, reason=reason,
-            generation=page.generation if page else None,
+            generation=p.generation if p else None,
             published_ns=st.cause_ns if caused else None, seen_ns=st.seen_ns,
-            decided_ns=decided, attempt=attempt)
-        try:
-            ev.patch_event = self.patch(dict(variants))
-            ev.ok = True
-        except PvpatchError as e:
-            # The variant in force stays what it was (a refused batch changes nothing); the
-            # agent retries with backoff.  Hints are advisory: this costs throughput, not safety.
-            ev.error = f"{type(e).__name__}: {e}"
-            log.warning("hint agent: switching to %s failed (attempt %d): %s; retrying",
-                        variants, attempt, ev.error)
-        except Exception as e:  # not pvpatch's own: a bug or the environment; same stance
-            ev.error = f"unexpected {type(e).__name__}: {e}"
-            self.errors.report("worker", e, f"switch to {variants} retried")
-        ev.done_ns = time.monotonic_ns()
+            decided_ns=decided, attempt=attempt, ok=ok, error=error, patch_event=patch_event)
+        ev.done_ns = done
         self._last_ok = ev.ok
         if ev.ok:
             self.in_force.update(variants)
