@@ -33,6 +33,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -199,8 +200,9 @@ static int wait_for(const char *variant, double s, const char *what)
 
 static size_t nswitches(void)
 {
-    struct pvagent_switch s[1];
-    return pvagent_switches(s, 0);
+    struct pvagent_stats st;
+    pvagent_stats_read(&st);
+    return st.records;
 }
 
 static struct pvagent_switch last_switch(void)
@@ -462,7 +464,7 @@ static void test_live(void)
     wait_for("pv", 5, "a refused switch retried");
     struct pvagent_switch rec[PVAGENT_MAX_SWITCHES];
     size_t n = pvagent_switches(rec, PVAGENT_MAX_SWITCHES);
-    CHECK(n - n0 == 4, "3 refusals and a success: %zu records", n - n0);
+    CHECK(n == nswitches() && n - n0 == 4, "3 refusals and a success: %zu records", n - n0);
     for (size_t i = n0; i < n && n - n0 == 4; i++)
         CHECK(rec[i].attempt == i - n0 + 1 && rec[i].ok == (i == n - 1) &&
                   (rec[i].ok || strcmp(rec[i].error, "test: refused") == 0) &&
@@ -490,6 +492,22 @@ static void test_live(void)
     s = last_switch();
     CHECK(strstr(s.reason, "stopped") && s.t_publish > 0, "stop is a publication: %s",
           s.reason);
+
+    /* 9. fork with the agent running: the child forgets the parent's agent and starts its
+     * own, which decides from the page as the parent's did */
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20); /* a hang in the child is a failure, not a stuck test */
+        pvagent_atfork_child();
+        snprintf(in_force, sizeof(in_force), "%s", "");
+        int ok = pvagent_start(&c, &e) == 0 && wait_for("pv", 5, "the child's agent");
+        pvagent_stop();
+        _exit(ok && failures == 0 ? 0 : 1);
+    }
+    int status = -1;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0,
+          "fork child: status %#x", status);
 
     struct pvagent_stats st;
     pvagent_stats_read(&st);

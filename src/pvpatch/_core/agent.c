@@ -671,6 +671,7 @@ static void record(struct pvagent *a, const struct pvagent_switch *s)
     pthread_mutex_lock(&a->reclock);
     a->recs[a->nrecs_total % PVAGENT_MAX_SWITCHES] = *s;
     a->nrecs_total++;
+    a->st.records++;
     a->st.switches += s->ok;
     a->st.failures += !s->ok;
     if (s->attempt > 1)
@@ -991,11 +992,13 @@ size_t pvagent_switches_of(struct pvagent *a, struct pvagent_switch *out, size_t
     pthread_mutex_lock(&a->reclock);
     size_t total = a->nrecs_total;
     size_t kept = total < PVAGENT_MAX_SWITCHES ? total : PVAGENT_MAX_SWITCHES;
+    if (kept > max)
+        kept = max; /* the newest `max` */
     size_t first = total - kept;
-    for (size_t i = 0; i < kept && i < max; i++)
+    for (size_t i = 0; i < kept; i++)
         out[i] = a->recs[(first + i) % PVAGENT_MAX_SWITCHES];
     pthread_mutex_unlock(&a->reclock);
-    return total;
+    return kept;
 }
 
 void pvagent_stats_of(struct pvagent *a, struct pvagent_stats *out)
@@ -1027,6 +1030,20 @@ int pvagent_start(const struct pvagent_config *c, struct pvrt_error *e)
     int rc = the_agent ? 0 : -1;
     pthread_mutex_unlock(&the_lock);
     return rc;
+}
+
+void pvagent_atfork_child(void)
+{
+    /* The child has no agent thread (fork copies only the caller) and the parent's locks may
+     * have been held by it: forget the agent without joining, so that pvagent_start works. */
+    pthread_mutex_init(&the_lock, NULL);
+    struct pvagent *a = the_agent;
+    the_agent = NULL;
+    if (a != NULL) {
+        pvagent_reader_close(&a->r);
+        free(a->recs);
+        free(a);
+    }
 }
 
 void pvagent_stop(void)

@@ -213,6 +213,9 @@ struct pvagent_config {
  * force stays as it is). */
 int pvagent_start(const struct pvagent_config *c, struct pvrt_error *e);
 void pvagent_stop(void);
+/* In a fork child (pthread_atfork's child handler): forget the parent's agent, whose thread
+ * the child does not have, so that pvagent_start can start the child's own. */
+void pvagent_atfork_child(void);
 
 /* The same as objects, for more than one agent in a process (Python's auto() handles). */
 struct pvagent;
@@ -237,8 +240,8 @@ struct pvagent_switch {
     char reason[128];
     char error[160];                   /* apply's message when !ok */
 };
-/* Copies the oldest-first records still kept (the last PVAGENT_MAX_SWITCHES); returns how
- * many switches were recorded in total (may exceed max). */
+/* Copies the newest records still kept (at most max and PVAGENT_MAX_SWITCHES), oldest first;
+ * returns how many it copied.  pvagent_stats.records counts every record ever made. */
 size_t pvagent_switches(struct pvagent_switch *out, size_t max);
 size_t pvagent_switches_of(struct pvagent *a, struct pvagent_switch *out, size_t max);
 #define PVAGENT_MAX_SWITCHES 4096
@@ -246,7 +249,7 @@ size_t pvagent_switches_of(struct pvagent *a, struct pvagent_switch *out, size_t
 /* The agent's counters, for --stats. */
 struct pvagent_stats {
     unsigned long long observations, wakeups, timeouts, decisions, switches, failures, retries,
-        held_back;
+        held_back, records;
     int running, mode;
     enum pvagent_status status;
 };

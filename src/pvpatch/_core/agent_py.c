@@ -433,10 +433,11 @@ static PyObject *agent_stats(AgentObject *self, PyObject *unused)
         Py_RETURN_NONE;
     struct pvagent_stats s;
     pvagent_stats_of(self->a, &s);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKss}", "observations", s.observations, "wakeups",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKss}", "observations", s.observations, "wakeups",
                          s.wakeups, "timeouts", s.timeouts, "decisions", s.decisions,
                          "switches", s.switches, "failures", s.failures, "retries", s.retries,
-                         "held_back", s.held_back, "status", pvagent_status_name(s.status));
+                         "held_back", s.held_back, "records", s.records, "status",
+                         pvagent_status_name(s.status));
 }
 
 static PyObject *agent_alive(AgentObject *self, void *unused)
