@@ -37,6 +37,8 @@ static PyMethodDef *const tables[] = {
     core_masks_methods,
     core_forktest_methods,
     core_bits_methods,
+    core_rt_methods,
+    core_rt_pin_methods,
 };
 
 static struct PyModuleDef core_module = {
