@@ -797,13 +797,16 @@ void pvlock_stats_read(struct pvlock_stats *out)
 }
 
 /* The rule (docs/locks.md, "The local judge", has the measurements it comes from):
- *   1. fewer than PVLOCK_JUDGE_MIN_ACQ acquisitions: no opinion (-1);
- *   2. waiters slept, or queue hand-overs took PVLOCK_JUDGE_HANDOVER_MAX_NS on average (the
- *      granted waiter was not running): pv (0);
- *   3. more than PVLOCK_JUDGE_NATIVE_MAX_PERMILLE of acquisitions contended: pv (0): with two
+ *   1. waiters slept (they waited longer than the pv spin bound: an owner or a predecessor was
+ *      not running): pv (0);
+ *   2. queue hand-overs took more than PVLOCK_JUDGE_HANDOVER_MAX_NS on average (the granted
+ *      waiter was not running: the convoy of a fair lock on too few CPUs): pv (0), however few
+ *      acquisitions there were (a collapsed native lock makes a few dozen a second);
+ *   3. fewer than PVLOCK_JUDGE_MIN_ACQ acquisitions: no opinion (-1);
+ *   4. more than PVLOCK_JUDGE_NATIVE_MAX_PERMILLE of acquisitions contended: pv (0): with two
  *      or more threads contending, native's fair hand-over moves the lock and the data between
  *      CPUs at every acquisition, and pv's stealing keeps them on one;
- *   4. otherwise native is fine (1): uncontended, its inline one-byte unlock is the cheaper.
+ *   5. otherwise native is fine (1): uncontended, its inline one-byte unlock is the cheaper.
  * The same thresholds in both modes: the counters measure the workload's contention, which
  * either variant shows (pv's steal path is a slow path too). */
 int pvlock_judge_delta(const struct pvlock_stats *d, uint32_t mode, char *why, size_t n)
@@ -814,15 +817,15 @@ int pvlock_judge_delta(const struct pvlock_stats *d, uint32_t mode, char *why, s
     uint64_t hmean = d->handovers ? d->handover_ns / d->handovers : 0;
     int r;
     const char *rule;
-    if (acq < PVLOCK_JUDGE_MIN_ACQ) {
-        r = -1;
-        rule = "too few acquisitions to judge";
-    } else if (d->sleeps > 0) {
+    if (d->sleeps > 0) {
         r = 0;
         rule = "waiters slept";
     } else if (d->handovers > 0 && hmean > PVLOCK_JUDGE_HANDOVER_MAX_NS) {
         r = 0;
         rule = "granted waiters were not running";
+    } else if (acq < PVLOCK_JUDGE_MIN_ACQ) {
+        r = -1;
+        rule = "too few acquisitions to judge";
     } else if (permille > PVLOCK_JUDGE_NATIVE_MAX_PERMILLE) {
         r = 0;
         rule = "contended: stealing beats fair hand-over";
