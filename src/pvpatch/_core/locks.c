@@ -96,6 +96,7 @@ const char *const pvp_lock_stat_names[PVP_STAT_N] = {
     [PVP_STAT_LATE_WAKEUPS] = "late_wakeups", [PVP_STAT_FUTEX_ERRORS] = "futex_errors",
     [PVP_STAT_GRACE_KICKS] = "grace_kicks", [PVP_STAT_ACQUIRED] = "acquired",
     [PVP_STAT_HANDOVER] = "handover",       [PVP_STAT_HANDOVER_NS] = "handover_ns",
+    [PVP_STAT_STEAL_FAST] = "steal_fast",
 };
 
 const char *const pvp_thread_where_names[] = {
@@ -218,11 +219,12 @@ static inline struct pvp_thread *me_get(void)
 /* One acquisition, counted by the fast path of every lock function: an increment of a counter
  * only this thread writes (no shared line, no locked instruction).  A thread's first lock takes
  * its id here rather than on its first slow path. */
-static inline void count_acquired(void)
+static inline struct pvp_thread *count_acquired(void)
 {
     uint32_t t = my_tid1;
     struct pvp_thread *me = __builtin_expect(t != 0, 1) ? &threads[t - 1] : tid_alloc();
     stat_inc(me, PVP_STAT_ACQUIRED);
+    return me; /* NULL with the id table full */
 }
 
 static inline uint32_t encode_tail(const struct pvp_thread *me, uint32_t idx)
@@ -660,24 +662,54 @@ out:
     }
 }
 
-void pvp_native_lock(pvp_lock_t *l)
+/* The fast path of the native lock: nobody waits (pending clear, queue empty), then a CAS of
+ * the locked byte 0 -> LOCKED (R1).  Linux's qspinlock CASes the whole word from 0 instead;
+ * here that costs ~8 ns of a ~12 ns uncontended lock + unlock: the word-wide locked read
+ * overlaps the unlock's byte store, which x86 cannot forward, so the CAS waits for that store
+ * to leave the store buffer (measured: byte store then word CAS 12.0 ns, byte store then byte
+ * CAS 4.5 ns, word store then word CAS 4.7 ns).  The pending and tail reads touch bytes the
+ * unlock does not write.  They are two reads, not one snapshot: a waiter that arrives between
+ * them and the CAS is overtaken once, as by a pv steal; the CAS alone decides ownership. */
+static inline int fast_take(pvp_lock_t *l)
 {
-    uint32_t val = 0;
-    if (__builtin_expect(cas_word(l, &val, PVP_Q_LOCKED), 1)) {
-        count_acquired();
-        return;
+    if (__builtin_expect(LOAD(&l->pending) == 0 && LOAD(&l->tail) == 0, 1)) {
+        uint8_t zero = 0;
+        return __atomic_compare_exchange_n(&l->locked, &zero, PVP_Q_LOCKED, 0, __ATOMIC_ACQUIRE,
+                                           __ATOMIC_RELAXED);
     }
-    slowpath(l, val, 0);
+    return 0;
 }
 
-void pvp_pv_lock(pvp_lock_t *l)
+void pvp_native_lock(pvp_lock_t *l)
 {
-    uint32_t val = 0;
-    if (__builtin_expect(cas_word(l, &val, PVP_Q_LOCKED), 1)) {
+    if (__builtin_expect(fast_take(l), 1)) {
         count_acquired();
         return;
     }
-    slowpath(l, val, 1);
+    slowpath(l, lock_load(l), 0);
+}
+
+/* pv's fast path is the steal (slow path step 2) done first: a free lock is taken unless the
+ * queue head owns pending (it is awake and spinning for it), queue or no queue, as Linux's
+ * pv_queued_spin_steal_lock.  Once a waiter sleeps on its node the tail stays set, and with
+ * fast_take's rule every acquisition would go through the slow path's bookkeeping to steal
+ * the same way (measured: 98 % of acquisitions at 8 writers on 2 CPUs).  A steal past a
+ * queue counts as contended. */
+void pvp_pv_lock(pvp_lock_t *l)
+{
+    if (__builtin_expect(LOAD(&l->pending) == 0, 1)) {
+        uint16_t tail = LOAD(&l->tail);
+        uint8_t zero = 0;
+        if (__builtin_expect(__atomic_compare_exchange_n(&l->locked, &zero, PVP_Q_LOCKED, 0,
+                                                         __ATOMIC_ACQUIRE, __ATOMIC_RELAXED),
+                             1)) {
+            struct pvp_thread *me = count_acquired();
+            if (tail != 0)
+                stat_inc(me, PVP_STAT_STEAL_FAST);
+            return;
+        }
+    }
+    slowpath(l, lock_load(l), 1);
 }
 
 /* ---- mode, grace period, introspection -------------------------------------------------- */
@@ -789,7 +821,7 @@ void pvlock_stats_read(struct pvlock_stats *out)
     uint64_t st[PVP_STAT_N];
     pvp_lock_stats(st);
     out->acquisitions = st[PVP_STAT_ACQUIRED];
-    out->contended = st[PVP_STAT_SLOWPATH];
+    out->contended = st[PVP_STAT_SLOWPATH] + st[PVP_STAT_STEAL_FAST];
     out->sleeps = st[PVP_STAT_NODE_SLEEP] + st[PVP_STAT_HEAD_SLEEP];
     out->wakes = st[PVP_STAT_KICK_NODE] + st[PVP_STAT_KICK_UNLOCK] + st[PVP_STAT_GRACE_KICKS];
     out->handovers = st[PVP_STAT_HANDOVER];

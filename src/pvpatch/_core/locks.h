@@ -122,6 +122,7 @@ enum pvp_lock_stat {
     PVP_STAT_ACQUIRED,      /* lock calls that returned holding the lock (fast path included) */
     PVP_STAT_HANDOVER,      /* MCS grants: a queued waiter was made the head by its predecessor */
     PVP_STAT_HANDOVER_NS,   /* sum over those grants of grant -> the waiter saw it (ns) */
+    PVP_STAT_STEAL_FAST,    /* pv fast path: taken past a non-empty queue (contended) */
     PVP_STAT_N
 };
 extern const char *const pvp_lock_stat_names[PVP_STAT_N];
@@ -131,7 +132,7 @@ int pvp_lock_futex_errno(void);
 /* The contract's view of the statistics (cumulative, process-wide).  Cheap to keep: the fast
  * path adds one increment of a per-thread counter; everything else is counted on slow paths.
  *   acquisitions  lock calls that returned holding the lock (trylock successes included)
- *   contended     of those, the ones that missed the fast path
+ *   contended     of those, the ones that missed the fast path or (pv) stole past a queue
  *   sleeps        FUTEX_WAITs entered by waiters (on their MCS node or, as head, on the word)
  *   wakes         FUTEX_WAKEs made for a sleeper (hand-offs, kicking unlocks, grace periods)
  *   handovers     MCS grants, predecessor -> queued successor
