@@ -35,6 +35,7 @@ WORDS = {
     "sleep_without_slow": ["does not mark SLOW", "FUTEX_WAIT on lock 0's word {LOCKED"],
     "commit_before_batch": ["commits the record = 'hybrid' (before the batch)",
                             "KeyboardInterrupt", "mode = PV", "inline movb $0"],
+    "fast_path_store": ["fast path: reads the tail empty", "plain store locked = LOCKED"],
     "trust_record": ["KeyboardInterrupt", "record says 'hybrid', no batch", "mode = PV",
                      "inline movb $0"],
 }
