@@ -680,13 +680,25 @@ static inline int fast_take(pvp_lock_t *l)
     return 0;
 }
 
+/* The slow paths out of line, as Linux's queued_spin_lock_slowpath: inlined, their register
+ * pressure gave the fast path a prologue and epilogue of six pushes and pops. */
+static __attribute__((noinline)) void native_slowpath(pvp_lock_t *l)
+{
+    slowpath(l, lock_load(l), 0);
+}
+
+static __attribute__((noinline)) void pv_slowpath(pvp_lock_t *l)
+{
+    slowpath(l, lock_load(l), 1);
+}
+
 void pvp_native_lock(pvp_lock_t *l)
 {
     if (__builtin_expect(fast_take(l), 1)) {
         count_acquired();
         return;
     }
-    slowpath(l, lock_load(l), 0);
+    native_slowpath(l);
 }
 
 /* pv's fast path is the steal (slow path step 2) done first: a free lock is taken unless the
@@ -709,7 +721,7 @@ void pvp_pv_lock(pvp_lock_t *l)
             return;
         }
     }
-    slowpath(l, lock_load(l), 1);
+    pv_slowpath(l);
 }
 
 /* ---- mode, grace period, introspection -------------------------------------------------- */
