@@ -1,7 +1,8 @@
 """An exhaustive model of the lock-switching protocol (docs/locks.md, "Switching").
 
 Threads acquire and release a lock (optionally a second one inside a signal handler) while a
-switcher runs the sequence of pvpatch/locks.py (`transition`) through pvpatch/patcher.py
+switcher runs the sequence of `pvlock_transition` (src/pvpatch/_core/locks.c, which
+pvpatch/locks.py's `transition` calls) through pvpatch/patcher.py
 (`_plain`: skip, validate, batch, commit):
 
     native -> pv    1. apply("hybrid")   2. mode = PV   3. apply("pv")
