@@ -24,9 +24,9 @@ def start_hostd(path, *extra):
     return proc
 
 
-def run_guest(path, out, duration):
+def run_guest(path, out, duration, writers):
     return subprocess.run(PV + ["torture", "--mode", "auto", "--hints-path", str(path),
-                                "--writers", "4", "--duration", str(duration),
+                                "--writers", str(writers), "--duration", str(duration),
                                 "--stat-interval", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=duration + 60)
 
@@ -36,7 +36,9 @@ def test_guest_follows_each_flip(tmp_path):
     hostd = start_hostd(page, "--simulate", "0:realtime,3:oversubscribed,6:realtime",
                         "--duration", "11")
     try:
-        guest = run_guest(page, out, 9)
+        # One writer: the lock is never contended, so the local judge (the lock statistics) has
+        # no objection to native and the page alone decides each flip.
+        guest = run_guest(page, out, 9, writers=1)
     finally:
         hostd.send_signal(signal.SIGTERM)
         hostd.wait(20)
@@ -77,3 +79,24 @@ def test_killed_hostd_leaves_the_guest_running_and_safe(tmp_path):
     variants = [e["variants"]["lock"] for e in res["auto_switches"] if e["ok"]]
     assert variants[0] == "native" and variants[-1] == "pv", variants  # stale -> safe default
     assert res["fail"] == 0 and "End of test: SUCCESS" in stdout
+
+
+def test_lock_statistics_veto_native_when_writers_contend(tmp_path):
+    """REALTIME asks for native; four writers on this machine's CPUs contend for the lock, and
+    the local judge (docs/locks.md) vetoes native after its hold: auto ends at pv, and says
+    why."""
+    page, out = tmp_path / "hints", tmp_path / "guest.json"
+    hostd = start_hostd(page, "--simulate", "0:realtime")
+    try:
+        guest = run_guest(page, out, 6, writers=max(4, 2 * os.cpu_count()))
+    finally:
+        hostd.send_signal(signal.SIGTERM)
+        hostd.wait(20)
+    assert guest.returncode == 0, guest.stdout + guest.stderr
+    res = json.load(open(out))["summary"]
+    assert res["fail"] == 0 and res["lost_wakeups"] == 0
+    final = res["auto_final"]
+    assert final["page"] == "usable", final
+    assert final["judge"] == 0 and final["judge_why"], final
+    variants = [e["variants"]["lock"] for e in res["auto_switches"] if e["ok"]]
+    assert variants[-1] == "pv", (variants, final)

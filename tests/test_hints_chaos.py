@@ -157,4 +157,9 @@ def test_chaos_guest_stays_correct_and_follows_the_last_valid_page(tmp_path):
                 and e["generation"] >= FORGED_GENERATION], trace  # never acted on a forgery
     ok = [e for e in switches if e["ok"]]
     assert margin > 2.0, f"the machine is too loaded: only {margin:.1f} s left for the guest"
-    assert ok and ok[-1]["variants"]["lock"] == "native", ([e["reason"] for e in ok[-5:]], trace)
+    # The last valid page asks for REALTIME: native, unless the lock statistics veto it (four
+    # writers on this machine's CPUs may contend: the local judge then keeps pv, and says so).
+    final = res["auto_final"]
+    vetoed = final.get("judge") == 0 and final.get("page") == "usable"
+    assert ok and (ok[-1]["variants"]["lock"] == "native" or vetoed), \
+        ([e["reason"] for e in ok[-5:]], final, trace)

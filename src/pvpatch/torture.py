@@ -160,6 +160,7 @@ class Result:
     success: bool
     reasons: list[str]
     auto_switches: list[dict] = field(default_factory=list)  # --mode auto: the hint switches
+    auto_final: dict = field(default_factory=dict)  # --mode auto: the agent's state at the end
     progress_gaps: list[dict] = field(default_factory=list)  # the longest ProgressGaps.gaps()
     progress_gaps_total: int = 0
 
@@ -170,7 +171,8 @@ class Result:
                 "stuck_writers": self.stuck_writers, "rates": self.rates,
                 "ratios": self.ratios,
                 "lock_stats": self.lock_stats, "success": self.success, "reasons": self.reasons,
-                "auto_switches": self.auto_switches, "progress_gaps": self.progress_gaps,
+                "auto_switches": self.auto_switches, "auto_final": self.auto_final,
+                "progress_gaps": self.progress_gaps,
                 "progress_gaps_total": self.progress_gaps_total}
 
     def as_json(self) -> dict:
@@ -425,7 +427,7 @@ class Torture:
         tune_before = _core.lock_tune()
         _core.lock_tune(pv_spin=c.pv_spin, rescue=c.rescue)
         variant_before = pvpatch.current()["lock"]
-        auto_handle = None
+        auto_handle, auto_final = None, {}
         auto_events: list = []
         auto_reported = 0
         stats0 = _core.lock_stats()
@@ -561,6 +563,7 @@ class Torture:
         finally:
             dog.stop()
             if auto_handle is not None:
+                auto_final = auto_handle.health()
                 auto_handle.stop()
             # Writers asleep on a lost wake-up come back after the rescue timeout.
             stop = _core.torture_stop(handle, max(10.0, 2 * (c.rescue or 2.0)))
@@ -612,6 +615,7 @@ class Torture:
                       stalled=stalled, stuck_writers=stop["stuck"], rates=rates, ratios=ratios,
                       lock_stats={k: v for k, v in stats.items() if v}, success=not reasons,
                       reasons=reasons, auto_switches=[e.to_json() for e in auto_events],
+                      auto_final=auto_final,
                       progress_gaps=[asdict(g) for g in all_gaps[:20]],
                       progress_gaps_total=len(all_gaps))
 

@@ -5,6 +5,7 @@
  */
 #include "core.h"
 #include "agent.h"
+#include "locks.h" /* pvlock_local_judge */
 
 #include <errno.h>
 
@@ -361,14 +362,15 @@ static int agent_init(AgentObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path",   "policy",  "poll_s",     "apply", "observe",
                              "publisher_uid", "stack_size", "retry_initial_s", "retry_max_s",
-                             NULL};
+                             "lock_judge", NULL};
     const char *path = NULL;
     PyObject *policy, *apply, *observe, *uid = Py_None;
     double poll_s, ri = 0, rm = 0;
     Py_ssize_t stack = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "zO!dOO|Ondd", kwlist, &path, &PolicyType,
+    int lock_judge = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "zO!dOO|Onddp", kwlist, &path, &PolicyType,
                                      &policy, &poll_s, &apply, &observe, &uid, &stack, &ri,
-                                     &rm))
+                                     &rm, &lock_judge))
         return -1;
     if (self->a != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Agent: already running");
@@ -393,6 +395,10 @@ static int agent_init(AgentObject *self, PyObject *args, PyObject *kw)
     c.stack_size = (size_t)(stack > 0 ? stack : 0);
     c.retry_initial_s = ri;
     c.retry_max_s = rm;
+    /* The lock group's statistics veto its fast variant where REALTIME alone picks badly
+     * (docs/locks.md, "The local judge"); the same judge the preload library uses. */
+    if (lock_judge)
+        c.local_judge = pvlock_local_judge;
     if (uid != Py_None) {
         c.publisher_uid = PyLong_AsLongLong(uid);
         if (PyErr_Occurred())

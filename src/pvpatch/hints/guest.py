@@ -96,7 +96,8 @@ class _Agent:
         try:
             self._c = _core.Agent(self.path, self.policy._c, float(self.poll_s), self._apply,
                                   self._observe, publisher_uid=self.publisher_uid,
-                                  stack_size=threading.stack_size())
+                                  stack_size=threading.stack_size(),
+                                  lock_judge="lock" in self.groups)
         except OSError as e:  # pthread_create: EAGAIN, ENOMEM
             raise RuntimeError(f"can't start new thread: {e.strerror}") from e
         _running.add(self)
@@ -295,7 +296,8 @@ class AutoHandle:
                 "restarts": {"agent": self.agent.restarts},
                 "switch_failures": self.agent.failures, "retries": self.agent.retries,
                 "page": st.status if st else None, "problem": st.problem if st else None,
-                "mode": self.policy.mode, "in_force": self.in_force, "settled": self.settled}
+                "mode": self.policy.mode, "in_force": self.in_force, "settled": self.settled,
+                "judge": self.policy.judge, "judge_why": self.policy.judge_why}
 
     def wait_events(self, n: int, timeout: float) -> bool:
         return self.agent.wait_events(n, timeout)

@@ -108,6 +108,15 @@ class Policy:
     def why(self) -> str:
         return self._c.why
 
+    @property
+    def judge(self) -> int:
+        """The local judge's verdict in force: -1 none, 0 prefer the safe variant, 1 fast ok."""
+        return self._c.judge
+
+    @property
+    def judge_why(self) -> str:
+        return self._c.judge_why
+
     def variants(self, mode: str) -> dict[str, str]:
         i = 0 if mode == "fast" else 1
         return {g: pair[i] for g, pair in self.groups.items()}
