@@ -221,6 +221,10 @@ def test_alternate_stack_of_the_documented_minimum():
         _core.trapx_start(SITES, 2, X_LOOP, 0.0, need)
         traps0 = _core.trap_counters()["traps"]
         patch_until(1500, passes=1000)
+        import time
+        t0 = time.monotonic()  # batches are short: go on until some trap was taken (bounded)
+        while _core.trap_counters()["traps"] == traps0 and time.monotonic() - t0 < 30:
+            patch_until(100)
         st = _core.trapx_stop(10)
         st["traps"] = _core.trap_counters()["traps"] - traps0
         st["size"] = need
