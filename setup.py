@@ -7,19 +7,27 @@ import sysconfig
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE_SOURCES = [
-    "src/pvpatch/_core/module.c",
+# The runtime without Python (src/pvpatch/_core/rt.h): compiled into the extension and into
+# programs that never load Python.  None of these includes Python.h (tests/test_rt_build.py
+# compiles and links them without Python's headers or library).
+RT_SOURCES = [
     "src/pvpatch/_core/poke.c",
     "src/pvpatch/_core/writer.c",
+    "src/pvpatch/_core/cpuid.c",
+    "src/pvpatch/_core/masks.c",
+]
+CORE_SOURCES = RT_SOURCES + [
+    "src/pvpatch/_core/module.c",
+    "src/pvpatch/_core/poke_py.c",
     "src/pvpatch/_core/selftest_sites.c",
     "src/pvpatch/_core/selftest.c",
-    "src/pvpatch/_core/cpuid.c",
+    "src/pvpatch/_core/cpuid_py.c",
     "src/pvpatch/_core/locks.c",
     "src/pvpatch/_core/lock_sites.c",
     "src/pvpatch/_core/torture.c",
     "src/pvpatch/_core/bench_call.c",
     "src/pvpatch/_core/traptest.c",
-    "src/pvpatch/_core/masks.c",
+    "src/pvpatch/_core/masks_py.c",
     "src/pvpatch/_core/forktest.c",
     "src/pvpatch/_core/bits_sites.c",
     "src/pvpatch/_core/capi.c",
