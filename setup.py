@@ -31,6 +31,8 @@ CORE_SOURCES = RT_SOURCES + [
     "src/pvpatch/_core/forktest.c",
     "src/pvpatch/_core/bits_sites.c",
     "src/pvpatch/_core/capi.c",
+    "src/pvpatch/_core/agent.c",
+    "src/pvpatch/_core/agent_py.c",
 ]
 # Every header any source may include: an edited header rebuilds the core instead of leaving a
 # stale .so behind.  A glob, so that a new header is covered without touching this file.

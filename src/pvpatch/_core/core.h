@@ -24,6 +24,8 @@ extern PyMethodDef core_bench_call_methods[]; /* bench_call.c */
 extern PyMethodDef core_traptest_methods[]; /* traptest.c */
 extern PyMethodDef core_masks_methods[];    /* masks.c */
 extern PyMethodDef core_forktest_methods[]; /* forktest.c */
+extern PyMethodDef core_agent_methods[];    /* agent_py.c */
+int core_agent_export(PyObject *module);     /* agent_py.c: AgentPolicy, Agent */
 
 /* poke_py.c: the runtime's init at import, as a Python exception on failure */
 int core_poke_init(void);
