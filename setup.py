@@ -62,17 +62,12 @@ def preload_config():
     sources, macros = list(PRELOAD_SOURCES), []
     if _declares(f"{core}/rt.h", "pvrt_register"):
         macros.append(("PL_HAVE_RT", "1"))
-        # The runtime's Python-free files: every _core source that does not include Python.
-        for src in sorted(glob.glob(f"{core}/*.c")):
-            with open(src) as f:
-                text = f.read()
-            if "core.h" in text or "Python.h" in text or src in sources:
-                continue
-            sources.append(src)
+        sources += RT_SOURCES
     if _declares(f"{core}/locks.h", "pvlock_transition"):
         macros.append(("PL_HAVE_TRANSITION", "1"))
     if _declares(f"{core}/agent.h", "pvagent_start"):
         macros.append(("PL_HAVE_AGENT", "1"))
+        sources.append(f"{core}/agent.c")
     return sources, macros
 
 
@@ -119,7 +114,7 @@ class checked_build_ext(build_ext):
         cc = self.compiler.compiler_so[0]
         self.compiler.spawn([cc, "-shared", "-pthread", "-Wl,-z,defs", "-Wl,-z,now",
                              "-Wl,--version-script=src/pvpatch/preload/exports.map",
-                             *objects, "-o", out, "-ldl"])
+                             *objects, "-o", out, "-ldl", "-lm"])
 
     def copy_extensions_to_source(self):
         # An editable install (pip install -e) builds elsewhere and copies the extensions into

@@ -80,8 +80,6 @@ static int relock(pthread_mutex_t *m, int ours)
 {
     if (ours) {
         PL_LOCK(pl_mutex_word(m));
-        if (pl_stats_on)
-            pl_count_acquisition();
         return 0;
     }
     return pl_real()->mutex_lock(m);

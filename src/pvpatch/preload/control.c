@@ -13,7 +13,8 @@
  *
  * A bad value is reported on stderr, one line naming the variable, and the library then stays
  * inert: the module is not registered, every lock runs through the sites' build-time
- * rendering (native's lock, the kicking unlock), which is correct, and nothing switches.
+ * rendering, which calls pv's lock and the kicking unlock (sites.c), with the mode word at PV:
+ * pv, the safe default, correct everywhere; nothing switches.
  *
  * Which runtime pieces are there is decided at build time (setup.py defines PL_HAVE_RT,
  * PL_HAVE_TRANSITION, PL_HAVE_AGENT when the runtime's headers declare pvrt_register,
@@ -35,6 +36,11 @@
 #include "rt.h"
 #endif
 #ifdef PL_HAVE_AGENT
+/* rt.h (through locks.h) defined struct pvrt_error already; agent.h skips its copy under
+ * this guard (rt.h may not set it yet). */
+#ifndef PVRT_ERROR_DEFINED
+#define PVRT_ERROR_DEFINED
+#endif
 #include "agent.h"
 #endif
 
@@ -77,6 +83,7 @@ static void say(const char *fmt, ...)
         return;
 }
 
+static const char *pl_variant(void);
 static void go_inert(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void go_inert(const char *fmt, ...)
 {
@@ -85,7 +92,15 @@ static void go_inert(const char *fmt, ...)
     vsnprintf(cfg.why, sizeof(cfg.why), fmt, ap);
     va_end(ap);
     cfg.inert = 1;
-    say("%s; locks run unswitched (native lock, kicking unlock)", cfg.why);
+    if (!cfg.registered) {
+        /* Every site still holds its default rendering (pv's lock, the kicking unlock, through
+         * the slots) and always will: PV is safe over it, and nothing else ever writes the
+         * mode word in this process. */
+        pvp_lock_set_mode(PVP_MODE_PV);
+        say("%s; locks run pv, unswitched", cfg.why);
+    } else {
+        say("%s; the lock stays %s", cfg.why, pl_variant());
+    }
 }
 
 /* ---- switches --------------------------------------------------------------------------- */
@@ -99,7 +114,7 @@ static struct {
     char last_error[600];
 } sw = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-const char *pl_variant(void)
+static const char *pl_variant(void)
 {
 #ifdef PL_HAVE_RT
     if (cfg.registered) {
@@ -107,7 +122,7 @@ const char *pl_variant(void)
         return v ? v : "unknown";
     }
 #endif
-    return "default";
+    return cfg.inert ? "pv (unregistered)" : "unregistered";
 }
 
 #if defined(PL_HAVE_RT) && defined(PL_HAVE_TRANSITION)
@@ -208,8 +223,9 @@ static __attribute__((unused)) int start_agent(void)
 #if defined(PL_HAVE_RT) && defined(PL_HAVE_TRANSITION) && defined(PL_HAVE_AGENT)
     struct pvagent_config c = {
         .hints_path = cfg.hints_path,
+        /* pvpatch.auto()'s defaults (hints/guest.py) */
         .min_dwell_s = 1.0,
-        .native_settle_s = 2.0,
+        .native_settle_s = 0.0,
         .poll_s = 0.5,
         .group = "lock",
         .fast = "native",
@@ -258,7 +274,8 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 struct summary {
-    uint64_t acquisitions, contended, sleeps, wakes, st[PVP_STAT_N];
+    struct pvlock_stats ls;
+    uint64_t st[PVP_STAT_N];
     uint64_t switches, failed, n_samples, p50, p99, max;
 };
 
@@ -266,10 +283,7 @@ static void summarise(struct summary *s)
 {
     memset(s, 0, sizeof(*s));
     pvp_lock_stats(s->st);
-    s->acquisitions = pl_acquisitions();
-    s->contended = s->st[PVP_STAT_SLOWPATH];
-    s->sleeps = s->st[PVP_STAT_NODE_SLEEP] + s->st[PVP_STAT_HEAD_SLEEP];
-    s->wakes = s->st[PVP_STAT_KICK_NODE] + s->st[PVP_STAT_KICK_UNLOCK];
+    pvlock_stats_read(&s->ls);
     pl_real()->mutex_lock(&sw.lock);
     s->switches = sw.count;
     s->failed = sw.failed;
@@ -308,9 +322,10 @@ static void write_json(const struct summary *s)
             cfg.registered ? "true" : "false", pl_variant());
     fprintf(f, "  \"lock_mode\": %u,\n", pvp_lock_mode());
     fprintf(f, "  \"acquisitions\": %llu,\n  \"contended\": %llu,\n  \"sleeps\": %llu,\n"
-               "  \"wakes\": %llu,\n",
-            (unsigned long long)s->acquisitions, (unsigned long long)s->contended,
-            (unsigned long long)s->sleeps, (unsigned long long)s->wakes);
+               "  \"wakes\": %llu,\n  \"handovers\": %llu,\n  \"handover_ns\": %llu,\n",
+            (unsigned long long)s->ls.acquisitions, (unsigned long long)s->ls.contended,
+            (unsigned long long)s->ls.sleeps, (unsigned long long)s->ls.wakes,
+            (unsigned long long)s->ls.handovers, (unsigned long long)s->ls.handover_ns);
     fprintf(f, "  \"lock_stats\": {");
     for (int i = 0; i < PVP_STAT_N; i++)
         fprintf(f, "%s\"%s\": %llu", i ? ", " : "", pvp_lock_stat_names[i],
@@ -350,13 +365,14 @@ static void at_exit(void)
     struct summary s;
     summarise(&s);
     if (cfg.stats_print) {
-        double pct = s.acquisitions ? 100.0 * (double)s.contended / (double)s.acquisitions : 0;
+        double pct = s.ls.acquisitions
+                         ? 100.0 * (double)s.ls.contended / (double)s.ls.acquisitions : 0;
         fprintf(stderr,
                 "pvpatch: %s (pid %d): %llu acquisitions, %llu contended (%.2f%%), %llu sleeps, "
                 "%llu wake-ups; lock %s (mode %s)\n",
                 program_invocation_short_name, (int)getpid(),
-                (unsigned long long)s.acquisitions, (unsigned long long)s.contended, pct,
-                (unsigned long long)s.sleeps, (unsigned long long)s.wakes, pl_variant(),
+                (unsigned long long)s.ls.acquisitions, (unsigned long long)s.ls.contended, pct,
+                (unsigned long long)s.ls.sleeps, (unsigned long long)s.ls.wakes, pl_variant(),
                 mode_names[cfg.mode]);
         fprintf(stderr,
                 "pvpatch: %llu switches (%llu failed), latency p50 %.3f ms, p99 %.3f ms, "
@@ -395,7 +411,6 @@ static int parse_env(void)
     cfg.stats_json = getenv("PVPATCH_STATS_JSON");
     if (cfg.stats_json != NULL && *cfg.stats_json == '\0')
         cfg.stats_json = NULL;
-    pl_stats_on = cfg.stats_print || cfg.stats_json != NULL;
     const char *ms = getenv("PVPATCH_SWITCH_EVERY_MS");
     if (ms != NULL && *ms != '\0') {
         char *end;

@@ -11,8 +11,9 @@
  *
  * A spinlock is one int, all of it the lock word: there is no room for a flag, so the
  * process-shared ones (pthread_spin_init with PTHREAD_PROCESS_SHARED) are remembered by address
- * in a small table and go to glibc; every other spinlock, initialised or only zeroed, runs on
- * the lock.
+ * in a small table and go to glibc; every other spinlock runs on the lock.  pthread_spin_init
+ * is required before use (glibc's x86-64 free value is 1, so a zeroed spinlock is a held one
+ * there); this init stores pvpatch's free value, 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -61,8 +62,6 @@ PL_EXPORT int pthread_mutex_lock(pthread_mutex_t *m)
 {
     if (__builtin_expect(pl_mutex_ours(m), 1)) {
         PL_LOCK(pl_mutex_word(m));
-        if (pl_stats_on)
-            pl_count_acquisition();
         return 0;
     }
     return pl_real()->mutex_lock(m);
@@ -74,8 +73,6 @@ PL_EXPORT int pthread_mutex_trylock(pthread_mutex_t *m)
         /* The same in every variant: one CAS of the whole word (locks.h). */
         if (!pvp_trylock(pl_mutex_word(m)))
             return EBUSY;
-        if (pl_stats_on)
-            pl_count_acquisition();
         return 0;
     }
     return pl_real()->mutex_trylock(m);
@@ -148,8 +145,6 @@ PL_EXPORT int pthread_mutex_clocklock(pthread_mutex_t *m, clockid_t clk,
     if (!pl_mutex_ours(m))
         return pl_real()->mutex_clocklock(m, clk, abs);
     int r = timed_lock(pl_mutex_word(m), clk, abs);
-    if (r == 0 && pl_stats_on)
-        pl_count_acquisition();
     return r;
 }
 
@@ -158,8 +153,6 @@ PL_EXPORT int pthread_mutex_timedlock(pthread_mutex_t *m, const struct timespec 
     if (!pl_mutex_ours(m))
         return pl_real()->mutex_timedlock(m, abs);
     int r = timed_lock(pl_mutex_word(m), CLOCK_REALTIME, abs);
-    if (r == 0 && pl_stats_on)
-        pl_count_acquisition();
     return r;
 }
 
@@ -218,11 +211,14 @@ static inline int spin_ours(const pthread_spinlock_t *s)
 
 PL_EXPORT int pthread_spin_init(pthread_spinlock_t *s, int pshared)
 {
-    if (pshared == PTHREAD_PROCESS_SHARED)
+    if (pshared == PTHREAD_PROCESS_SHARED) {
         spin_remember(s);
-    else
-        spin_forget(s);
-    return pl_real()->spin_init(s, pshared); /* stores 0: free in both */
+        return pl_real()->spin_init(s, pshared);
+    }
+    spin_forget(s);
+    /* Not glibc's init: on x86-64 its free value is 1 (lock is `lock decl`), ours is 0. */
+    __atomic_store_n(&((pvp_lock_t *)(void *)s)->val, 0, __ATOMIC_RELEASE);
+    return 0;
 }
 
 PL_EXPORT int pthread_spin_destroy(pthread_spinlock_t *s)
@@ -235,8 +231,6 @@ PL_EXPORT int pthread_spin_lock(pthread_spinlock_t *s)
 {
     if (spin_ours(s)) {
         PL_LOCK((pvp_lock_t *)(void *)s);
-        if (pl_stats_on)
-            pl_count_acquisition();
         return 0;
     }
     return pl_real()->spin_lock(s);
@@ -247,8 +241,6 @@ PL_EXPORT int pthread_spin_trylock(pthread_spinlock_t *s)
     if (spin_ours(s)) {
         if (!pvp_trylock((pvp_lock_t *)(void *)s))
             return EBUSY;
-        if (pl_stats_on)
-            pl_count_acquisition();
         return 0;
     }
     return pl_real()->spin_trylock(s);

@@ -71,12 +71,6 @@ static inline pvp_lock_t *pl_mutex_word(pthread_mutex_t *m)
 }
 int pl_valid_clock(clockid_t c);
 
-/* ---- stats.c ------------------------------------------------------------------------------ */
-
-extern int pl_stats_on; /* count acquisitions (PVPATCH_STATS or PVPATCH_STATS_JSON set) */
-void pl_count_acquisition(void);
-uint64_t pl_acquisitions(void);
-
 /* ---- control.c ---------------------------------------------------------------------------- */
 
 uint64_t pl_now_ns(void);

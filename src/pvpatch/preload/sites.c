@@ -9,10 +9,12 @@
  *   hybrid   pvp_native_lock      call pvp_kick_unlock
  *
  * The slots (what a site calls before the module registers, and what the default rendering
- * calls) hold native's lock and the *kicking* unlock, never a plain store: a thread inside a
- * called function is beyond any sync (docs/locks.md, H1).  So a lock taken before the
- * constructor registered the module (another library's constructor runs first) is correct in
- * every later mode.
+ * calls) hold pv's lock and the *kicking* unlock, never a plain store: a thread inside a called
+ * function is beyond any sync (docs/locks.md, H1), and pv's lock is correct in every mode (a
+ * stealing spinner while the mode is not PV).  So a lock taken before the constructor
+ * registered the module (another library's constructor runs first) is correct in every later
+ * mode; and a library that cannot register (control.c) runs pv, the safe default, by setting
+ * the mode word to PV over these slots.
  */
 #include "preload.h"
 
@@ -21,7 +23,7 @@ static const uint8_t unlock_native_tmpl[] = {0xc6, 0x07, 0x00}; /* movb $0x0,(%r
 enum { V_NATIVE, V_PV, V_HYBRID, V_N };
 
 PVPATCH_DEFINE_SLOTS(lock) = {
-    [PVPATCH_OP_ID(lock, lock)] = (void *)pvp_native_lock,
+    [PVPATCH_OP_ID(lock, lock)] = (void *)pvp_pv_lock,
     [PVPATCH_OP_ID(lock, unlock)] = (void *)pvp_kick_unlock,
 };
 
