@@ -392,6 +392,12 @@ static void at_exit(void)
 
 static int parse_env(void)
 {
+    /* The statistics first: a bad setting below is reported in them too. */
+    const char *st = getenv("PVPATCH_STATS");
+    cfg.stats_print = st != NULL && *st != '\0' && strcmp(st, "0") != 0;
+    cfg.stats_json = getenv("PVPATCH_STATS_JSON");
+    if (cfg.stats_json != NULL && *cfg.stats_json == '\0')
+        cfg.stats_json = NULL;
     const char *m = getenv("PVPATCH_MODE");
     if (m == NULL || *m == '\0' || strcmp(m, "auto") == 0)
         cfg.mode = M_AUTO;
@@ -406,11 +412,6 @@ static int parse_env(void)
     cfg.hints_path = getenv("PVPATCH_HINTS_PATH");
     if (cfg.hints_path != NULL && *cfg.hints_path == '\0')
         cfg.hints_path = NULL;
-    const char *st = getenv("PVPATCH_STATS");
-    cfg.stats_print = st != NULL && *st != '\0' && strcmp(st, "0") != 0;
-    cfg.stats_json = getenv("PVPATCH_STATS_JSON");
-    if (cfg.stats_json != NULL && *cfg.stats_json == '\0')
-        cfg.stats_json = NULL;
     const char *ms = getenv("PVPATCH_SWITCH_EVERY_MS");
     if (ms != NULL && *ms != '\0') {
         char *end;
