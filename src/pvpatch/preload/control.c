@@ -449,7 +449,6 @@ __attribute__((constructor)) static void pl_load(void)
     pl_real();
     pick_root();
     atexit(at_exit);
-    pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (parse_env() != 0)
         return;
 #ifndef PL_HAVE_RT
@@ -464,6 +463,10 @@ __attribute__((constructor)) static void pl_load(void)
         return;
     }
     cfg.registered = 1;
+    /* After pvrt_init, whose fork handlers take the runtime's batch lock: prepare handlers run
+     * in the reverse order of registration, so ours (the transition lock) is taken first, in
+     * the same order as a transition takes them (transition lock, then a batch). */
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
 #ifndef PL_HAVE_TRANSITION
     go_inert("this build has no lock transition (pvlock_transition)");
     return;
