@@ -251,9 +251,11 @@ static __attribute__((unused)) int start_agent(void)
 
 /* No transition is half done across fork: the child starts from a group whose mode word and
  * sites agree (the patcher's own fork handlers cover its batch). */
-static void fork_prepare(void) { pl_real()->mutex_lock(&sw.lock); }
-static void fork_parent(void) { pl_real()->mutex_unlock(&sw.lock); }
-static void fork_child(void)
+static int agent_running;
+
+static __attribute__((unused)) void fork_prepare(void) { pl_real()->mutex_lock(&sw.lock); }
+static __attribute__((unused)) void fork_parent(void) { pl_real()->mutex_unlock(&sw.lock); }
+static __attribute__((unused)) void fork_child(void)
 {
     /* The child has only the forking thread: glibc's mutex, taken in prepare by this very
      * thread, is reinitialised rather than unlocked; the switcher is restarted. */
@@ -263,6 +265,12 @@ static void fork_child(void)
         switcher_running = 0;
         start_switcher();
     }
+#ifdef PL_HAVE_AGENT
+    /* The parent's agent thread is not in the child: forget it, start the child's own. */
+    pvagent_atfork_child();
+    if (agent_running && start_agent() != 0)
+        agent_running = 0;
+#endif
 }
 
 /* ---- statistics at exit ----------------------------------------------------------------- */
@@ -479,7 +487,7 @@ __attribute__((constructor)) static void pl_load(void)
     }
     if (cfg.switch_every_ms > 0)
         start_switcher();
-    else if (cfg.mode == M_AUTO && start_agent() != 0) {
+    else if (cfg.mode == M_AUTO && (agent_running = start_agent() == 0) == 0) {
 #ifndef PL_HAVE_AGENT
         go_inert("PVPATCH_MODE=auto: this build has no agent (pvagent_start); use "
                  "PVPATCH_MODE=native or pv");
