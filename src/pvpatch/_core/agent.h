@@ -22,16 +22,9 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-/* The runtime's error record (the C runtime contract); rt.h carries the same definition under
- * the same guard. */
-#ifndef PVRT_ERROR_DEFINED
-#define PVRT_ERROR_DEFINED
-struct pvrt_error {
-    int err;          /* errno of the failed call (syscall names it), or 0 for a refusal */
-    char syscall[32];
-    char msg[480];
-};
-#endif
+/* The runtime's error record (the C runtime contract): rt.h's one definition, so that every
+ * file that passes one to the runtime agrees on its layout. */
+#include "rt.h"
 
 /* ---- the page (ABI version 1) ---------------------------------------------------------- */
 

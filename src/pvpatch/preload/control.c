@@ -36,11 +36,6 @@
 #include "rt.h"
 #endif
 #ifdef PL_HAVE_AGENT
-/* rt.h (through locks.h) defined struct pvrt_error already; agent.h skips its copy under
- * this guard (rt.h may not set it yet). */
-#ifndef PVRT_ERROR_DEFINED
-#define PVRT_ERROR_DEFINED
-#endif
 #include "agent.h"
 #endif
 
