@@ -22,6 +22,9 @@
 
 #include "pvpatch.h"
 
+/* agent.h carries the same definition under the same guard (it builds without this header). */
+#ifndef PVRT_ERROR_DEFINED
+#define PVRT_ERROR_DEFINED
 struct pvrt_error {
     int err;
     char syscall[32];
@@ -31,6 +34,7 @@ struct pvrt_error {
     const char *syscall_long;
     long long bad_addr; /* added: a refused batch's site address, or -1 */
 };
+#endif
 
 /* Fill e (if not NULL): errno-style failure of `syscall`, or (err == 0) a refusal.  Return -1. */
 int pvrt_fail(struct pvrt_error *e, int err, const char *syscall, const char *fmt, ...)
