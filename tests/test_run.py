@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,35 @@ def test_fixed_modes(checks, tmp_path):
         assert stats["mode"] == mode
         if stats["registered"]:
             assert stats["variant"] == mode, stats
+
+
+def test_auto_follows_the_hint_page(checks, tmp_path):
+    # A real hostd publishing a simulated flip, oversubscribed then dedicated; the program's
+    # agent (started by the library, as pvpatch.auto() starts it) switches after each.
+    page, out = tmp_path / "hints", tmp_path / "stats.json"
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    hostd = subprocess.Popen([sys.executable, "-m", "pvpatch", "hostd", "--path", str(page),
+                              "--interval", "0.2", "--simulate", "0:oversubscribed,3:realtime",
+                              "--duration", "12"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not page.exists() or page.stat().st_size == 0:
+            assert hostd.poll() is None and time.monotonic() < deadline, "hostd did not start"
+            time.sleep(0.05)
+        p = pvpatch_run(["--mode", "auto", "--hints-path", str(page), "--json", str(out), "--",
+                         checks, "spin", "7", str(WATCHDOG_S)])
+    finally:
+        hostd.terminate()
+        hostd.wait(20)
+    assert p.returncode == 0 and "spin ok" in p.stdout, p.stdout + p.stderr
+    stats = json.loads(out.read_text())
+    assert stats["registered"] and not stats["inert"], stats["why_inert"]
+    done = [s["to"] for s in stats["switches"]["agent"] if s["ok"]]
+    assert "pv" in done and done[-1] == "native", stats["switches"]
+    assert done.index("pv") < len(done) - 1
+    assert stats["variant"] == "native"
 
 
 def test_stats_on_stderr(checks):

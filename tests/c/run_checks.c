@@ -568,11 +568,32 @@ static int check_nothreads(void)
     return 0;
 }
 
+/* ---- one thread locking for a while (the auto mode's test) ----------------------------- */
+
+static int check_spin(double seconds)
+{
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    double end = now_s() + seconds;
+    long n = 0;
+    while (now_s() < end) {
+        for (int i = 0; i < 1000; i++) {
+            pthread_mutex_lock(&m);
+            n++;
+            pthread_mutex_unlock(&m);
+        }
+        progress = n;
+        struct timespec d = {0, 100000};
+        nanosleep(&d, NULL);
+    }
+    printf("spin ok: %ld\n", n);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: run_checks static|glibc-static|trylock|timed|cond|recursive|fork|"
-                        "threads N|nothreads\n");
+                        "threads N|nothreads|spin SECONDS\n");
         return 2;
     }
     check_name = argv[1];
@@ -597,6 +618,8 @@ int main(int argc, char **argv)
         return check_threads(argc > 2 ? atoi(argv[2]) : 2000);
     if (!strcmp(argv[1], "nothreads"))
         return check_nothreads();
+    if (!strcmp(argv[1], "spin"))
+        return check_spin(argc > 2 ? atof(argv[2]) : 1.0);
     fprintf(stderr, "run_checks: unknown check %s\n", argv[1]);
     return 2;
 }
