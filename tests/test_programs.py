@@ -176,3 +176,58 @@ def test_live_switch_stress_on_xz_keeps_its_result(text_input, tmp_path):
         switches += stats["switches"]["completed"]
         runs += 1
     assert switches >= 300, f"only {switches} switches in {runs} runs of xz"
+
+
+# ---- pvpatch bench programs -------------------------------------------------------------------
+
+def bench_json(*args, timeout=600):
+    p = subprocess.run([sys.executable, "-m", "pvpatch.cli", "bench", "programs", "--quick",
+                        *args, "--json"], capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout)["programs"], p.stderr
+
+
+def test_bench_programs_glibc_rows_with_cpus_load_and_progress():
+    tool("sysbench"), tool("pigz")
+    res, err = bench_json("--programs", "sysbench-mutex,pigz", "--regimes", "dedicated,hog",
+                          "--configs", "glibc")
+    cpus = os.cpu_count()
+    assert res["cpus"] == cpus and len(res["loadavg"]) == 3 and len(res["loadavg_after"]) == 3
+    assert res["regimes"] == {"dedicated": {"threads": cpus, "hog_processes": 0},
+                              "hog": {"threads": cpus, "hog_processes": cpus}}
+    got = {(r["program"], r["regime"], r["config"]) for r in res["rows"]}
+    assert got == {(p, g, "glibc") for p in ("sysbench-mutex", "pigz")
+                   for g in ("dedicated", "hog")}
+    assert all(r["throughput"] > 0 and r["loadavg_1m"] for r in res["rows"]), res["rows"]
+    # One progress line per measurement, numbered.
+    assert len(re.findall(r"^\[\d+/4\] ", err, re.M)) == 4, err
+
+
+def test_bench_programs_every_configuration_side_by_side():
+    tool("pigz")
+    preload()
+    res, _ = bench_json("--programs", "pigz", "--regimes", "dedicated,oversubscribed")
+    rows = {(r["regime"], r["config"]): r for r in res["rows"]}
+    assert set(rows) == {(g, c) for g in ("dedicated", "oversubscribed")
+                         for c in ("glibc", "native", "pv", "auto")}
+    for g in ("dedicated", "oversubscribed"):
+        assert rows[(g, "native")]["variants_at_exit"] == ["native"]
+        assert rows[(g, "pv")]["variants_at_exit"] == ["pv"]
+        assert rows[(g, "auto")]["stats_missing"] == 0
+    ratios = {r["regime"]: r for r in res["ratios"]}
+    for g in ("dedicated", "oversubscribed"):
+        r = ratios[g]
+        for k in ("native_vs_glibc", "pv_vs_glibc", "auto_vs_glibc", "auto_vs_best_fixed"):
+            assert r[k] > 0, r
+        assert r["best_fixed"] in ("native", "pv")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--programs", "nosuch"], "--programs: 'nosuch': give one or more of sysbench-mutex"),
+    (["--configs", "glibc,fast"], "--configs: 'glibc,fast': give one or more of glibc"),
+    (["--regimes", ""], "--regimes: '': give one or more of dedicated"),
+])
+def test_bench_programs_bad_options_are_named(args, says):
+    p = subprocess.run([sys.executable, "-m", "pvpatch.cli", "bench", "programs", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and says in p.stderr, p.stderr
