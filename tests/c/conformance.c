@@ -1645,6 +1645,65 @@ static void check_many_threads(void)
     free(t);
 }
 
+/* Thread churn: thousands of short-lived threads, each contending on a static mutex and
+ * waiting on a cond once; whatever a lock implementation keeps per thread must be recycled
+ * when threads exit, and a new thread must not inherit a dead one's state. */
+static pthread_mutex_t churn_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t churn_c = PTHREAD_COND_INITIALIZER;
+static long churn_count, churn_posted;
+
+static void *churn_thread(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 10; i++) {
+        pthread_mutex_lock(&churn_m);
+        churn_count++;
+        pthread_mutex_unlock(&churn_m);
+    }
+    pthread_mutex_lock(&churn_m);
+    while (churn_posted == 0) {
+        struct timespec dl = after_ms(CLOCK_MONOTONIC, 30000);
+        if (pthread_cond_clockwait(&churn_c, &churn_m, CLOCK_MONOTONIC, &dl) == ETIMEDOUT) {
+            FAIL("a churn thread waited 30 s for its token: a lost wake-up");
+            pthread_mutex_unlock(&churn_m);
+            return NULL;
+        }
+    }
+    churn_posted--;
+    pthread_mutex_unlock(&churn_m);
+    return NULL;
+}
+
+static void check_thread_churn(void)
+{
+    enum { BATCH = 50 };
+    int batches = 60 * scale;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    for (int b = 0; b < batches && !LOAD(nfail); b++) {
+        pthread_t t[BATCH];
+        state("batch %d of %d: %d threads", b, batches, BATCH);
+        for (int i = 0; i < BATCH; i++)
+            if (pthread_create(&t[i], &a, churn_thread, NULL) != 0) {
+                FAIL("pthread_create failed in batch %d", b);
+                _exit(1);
+            }
+        for (int i = 0; i < BATCH; i++) {
+            pthread_mutex_lock(&churn_m);
+            churn_posted++;
+            pthread_cond_signal(&churn_c);
+            pthread_mutex_unlock(&churn_m);
+        }
+        for (int i = 0; i < BATCH; i++)
+            join(t[i], 60);
+    }
+    pthread_attr_destroy(&a);
+    CHECK(churn_count == 10L * BATCH * batches, "%ld increments from %d threads, expected %ld",
+          churn_count, BATCH * batches, 10L * BATCH * batches);
+    CHECK(churn_posted == 0, "%ld tokens never taken", churn_posted);
+}
+
 /* ---- the table -------------------------------------------------------------------------------- */
 
 static const struct check {
@@ -1673,6 +1732,7 @@ static const struct check {
     {"process_shared", check_process_shared, 180},
     {"fork_in_the_middle", check_fork_in_the_middle, 240},
     {"many_threads", check_many_threads, 180},
+    {"thread_churn", check_thread_churn, 180},
 };
 
 int main(int argc, char **argv)
