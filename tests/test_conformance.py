@@ -58,8 +58,12 @@ def preload_path() -> str:
 
 def run(exe, *args, env=None, timeout=900):
     """Run the suite; its exit status, the result of each check, and the whole output."""
-    p = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, **(env or {})})
+    try:
+        p = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired as e:  # killed: report how far it got
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        pytest.fail(f"the suite did not finish within {timeout} s; its output:\n{out}")
     return p.returncode, verdicts(p.stdout), p.stdout + p.stderr
 
 
