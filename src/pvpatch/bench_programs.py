@@ -136,15 +136,12 @@ class _Hog:
             p.wait(10)
 
 
-def _preload_env(lib: str, mode: str, hints_path: str | None, stats: str) -> dict:
-    """The environment `pvpatch run --mode MODE --json STATS` gives a program."""
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = f"{env['LD_PRELOAD']}:{lib}" if env.get("LD_PRELOAD") else lib
-    env["PVPATCH_MODE"] = mode
-    env["PVPATCH_STATS_JSON"] = stats
-    env.pop("PVPATCH_SWITCH_EVERY_MS", None)
-    if hints_path:
-        env["PVPATCH_HINTS_PATH"] = hints_path
+def _preload_env(mode: str, hints_path: str | None, stats: str) -> dict:
+    """The environment `pvpatch run --mode MODE --json STATS` gives a program (the same
+    function builds it)."""
+    from .run import environment
+    env = environment(dict(os.environ), mode=mode, hints_path=hints_path, json_path=stats)
+    env.pop("PVPATCH_SWITCH_EVERY_MS", None)  # a stress setting of the caller's, not measured
     return env
 
 
@@ -190,15 +187,13 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
     if missing:
         raise PvpatchError("bench programs: not installed: " + ", ".join(
             sorted(set(missing.values()))) + " (.ci/run installs them with apt-get)")
-    lib = None
     if any(c != "glibc" for c in configs):
-        import pvpatch
-        fn = getattr(pvpatch, "preload_path", None)
-        lib = fn() if fn else None
-        if not lib or not os.path.exists(lib):
-            raise PvpatchError("bench programs: libpvpatch-preload.so is not built in this "
-                               "installation; only the glibc configuration can run "
-                               "(--configs glibc)")
+        try:
+            from .run import preload_path
+            preload_path()
+        except Exception as exc:  # ImportError: no `pvpatch run`; PreloadMissing: not built
+            raise PvpatchError(f"bench programs: the preload library cannot be used ({exc}); "
+                               f"only the glibc configuration can run (--configs glibc)") from exc
 
     cpus = os.cpu_count() or 1
     res = {"suite": "programs", "cpus": cpus, "loadavg": list(os.getloadavg()),
@@ -229,7 +224,7 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
                         for cfg in configs:
                             stats_path = os.path.join(workdir, "stats.json")
                             env = (dict(os.environ) if cfg == "glibc" else
-                                   _preload_env(lib, cfg, hostd.path if hostd else None,
+                                   _preload_env(cfg, hostd.path if hostd else None,
                                                 stats_path))
                             tput, wall = prog.run(spec["threads"], env, timeout_s)
                             a = acc[cfg]
