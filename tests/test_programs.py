@@ -46,7 +46,9 @@ def pvrun(argv, mode, stats: Path, env=None, stdin=None, timeout=600, stdout=Non
     assert p.returncode == 0, (f"{argv[0]} under pvpatch run --mode {mode}: exit "
                                f"{p.returncode}\n{p.stderr[-3000:]!r}")
     assert stats.exists(), f"pvpatch run --json wrote nothing; stderr:\n{p.stderr[-2000:]!r}"
-    return p, json.loads(stats.read_text())
+    s = json.loads(stats.read_text())
+    assert not s.get("inert"), f"the preload ran inert: {s.get('why_inert')}"
+    return p, s
 
 
 @pytest.fixture(scope="module")
