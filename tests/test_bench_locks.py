@@ -38,6 +38,16 @@ def test_bench_locks_json_has_every_lock_and_the_machine(tmp_path):
             assert set(r["variants_ran"]) <= {"native", "pv", "hybrid"}
         if r["lock"] in ("pvpatch native", "pvpatch pv"):
             assert r["variants_ran"] == [r["lock"].split()[1]]
+        if r["lock"].startswith("pvpatch"):
+            # The lock's own statistics cover the measured segments: every acquisition the
+            # writers counted there (read inside the statistics' interval) is in them.
+            st = r["lock_stats"]
+            assert st["acquisitions"] >= r["acquisitions"]
+            assert st["acquisitions"] >= st["contended"] >= 0
+            assert st["handovers"] <= st["contended"] and st["handover_ns"] >= 0
+            assert r["judge"][0] in (-1, 0, 1) and r["judge"][1]
+            if r["writers"] == 1:  # one thread cannot contend with itself
+                assert st["contended"] == 0 and st["sleeps"] == 0
     assert [(r["writers"], r["lock"]) for r in res["ratios"]] == \
         [(n, f"pvpatch {v}") for n in (1, 3) for v in bench_locks.VARIANTS]
     for r in res["ratios"]:

@@ -5,7 +5,6 @@ import json
 import signal
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -13,9 +12,7 @@ import pvpatch
 from pvpatch.errors import BatchRefused, RegistryError
 from pvpatch.hints import abi, latency
 from pvpatch.hints.guest import auto
-from pvpatch.hints.policy import Decision
 from pvpatch.hints.publisher import Publisher
-from pvpatch.hints.worker import Worker
 
 from hints_util import PY, Proc, hostd, wait_until
 
@@ -71,8 +68,9 @@ def test_auto_rejects_unknown_groups_and_variants_before_starting(tmp_path):
     assert set(t.name for t in threading.enumerate()) == before  # nothing started
 
 
-def test_worker_records_refusals_and_keeps_going():
-    """A patch callable that refuses (as runtime_patch does) is recorded; the worker lives."""
+def test_auto_records_refusals_and_keeps_going(tmp_path):
+    """A patch callable that refuses (as runtime_patch does) is recorded, the agent retries
+    the same decision with backoff, and follows the next publication when it comes."""
     calls = []
 
     def patch(changes):
@@ -80,38 +78,23 @@ def test_worker_records_refusals_and_keeps_going():
         if changes["lock"] == "native":
             raise BatchRefused("test: refused")
         return "ok"
-    w = Worker(patch).start()
+    pub = Publisher(str(tmp_path / "hints"), interval_s=10.0).open()
+    pub.publish(abi.HINT_REALTIME, M, abi.REASON_SIMULATED)
+    handle = auto(pub.path, groups={"lock": ("native", "pv")}, min_dwell_s=0, patch=patch)
     try:
-        for mode, v in (("fast", "native"), ("safe", "pv")):
-            w.submit(Decision(mode, {"lock": v}, "test", 0.0, None))
-            assert w.wait_events(len(calls) + 1, 10)
-        assert [e.ok for e in w.events] == [False, True]
-        assert "refused" in w.events[0].error and w.failures == 1
-        assert w.events[1].patch_event == "ok"
+        assert handle.wait_events(2, 10), handle.events
+        assert [e.ok for e in handle.events[:2]] == [False, False]
+        assert [e.attempt for e in handle.events[:2]] == [1, 2]
+        assert "refused" in handle.events[0].error and not handle.settled
+        pub.publish(0, M, abi.REASON_RUNNABLE)
+        wait_until(lambda: handle.in_force == {"lock": "pv"}, 10, "pv after the refusals")
+        ev = handle.events[-1]
+        assert ev.ok and ev.patch_event == "ok" and ev.attempt == 1 and handle.settled
+        assert handle.agent.failures == len(handle.events) - 1
+        assert handle.alive
     finally:
-        w.stop()
-
-
-def test_worker_applies_only_the_newest_of_pending_decisions():
-    gate = threading.Event()
-    calls = []
-
-    def patch(changes):
-        calls.append(changes["lock"])
-        gate.wait(10)
-    w = Worker(patch).start()
-    try:
-        w.submit(Decision("safe", {"lock": "pv"}, "1", 0.0, None))
-        wait_until(lambda: calls, 10, "first switch running")
-        for i, v in enumerate(["native", "pv", "native"]):
-            w.submit(Decision("x", {"lock": v}, str(i), 0.0, None))
-        gate.set()
-        assert w.wait_events(2, 10)
-        time.sleep(0.1)
-        assert calls == ["pv", "native"] and w.superseded == 2
-    finally:
-        gate.set()
-        w.stop()
+        handle.stop()
+        pub.close()
 
 
 def test_guest_process_switches_for_real_and_survives_sigkill(tmp_path):

@@ -184,3 +184,34 @@ def test_nothing_is_decided_before_the_first_observation():
     assert p.deadline() is None and p.poll() is None
     c.t += 100
     assert p.poll() is None and p.mode is None
+
+
+def test_local_judge_vetoes_fast_only_after_holding():
+    """The judge's verdict passes through hysteresis (docs/hints.md, "The local judge"): a
+    "prefer safe" verdict must hold for judge_hold_s before it takes the process to the safe
+    variant, and it can never grant the fast one without REALTIME."""
+    p, c = make(min_dwell_s=0, judge_hold_s=1.0)
+    assert p.observe(state(True)).mode == "fast"     # t = 100
+    c.t += 0.25
+    assert p.observe(state(True), judge=0, judge_why="contended") is None
+    c.t += 0.5
+    assert p.observe(state(True)) is None            # no new sample: the run goes on
+    c.t += 0.25
+    assert p.observe(state(True), judge=0, judge_why="contended") is None  # held 0.75 s
+    c.t += 0.25
+    d = p.observe(state(True), judge=0, judge_why="contended")             # held 1.0 s
+    assert d.mode == "safe" and "local judge prefers the safe variant (contended)" in d.reason
+    c.t += 0.25
+    assert p.observe(state(True), judge=1) is None   # the way back holds too
+    c.t += 0.5
+    assert p.observe(state(True), judge=-1) is None  # no opinion interrupts the run
+    c.t += 0.25
+    assert p.observe(state(True), judge=1) is None   # a new run starts here
+    c.t += 0.75
+    assert p.observe(state(True), judge=1) is None
+    c.t += 0.25
+    assert p.observe(state(True), judge=1).mode == "fast"
+    c.t += 0.25
+    assert p.observe(state(False), judge=1).mode == "safe"  # no REALTIME: the judge cannot help
+    with pytest.raises(ValueError, match="judge_hold_s"):
+        Policy(judge_hold_s=-1)

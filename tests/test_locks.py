@@ -78,7 +78,7 @@ def lockstress(tmp_path_factory):
         pytest.skip("gcc is needed to build tests/c/lockstress.c")
     exe = tmp_path_factory.mktemp("lockstress") / "lockstress"
     subprocess.run([gcc, "-O2", "-g", "-pthread", "-std=gnu11", "-Wall", "-Wextra",
-                    "-Wno-unused-parameter", f"-I{CORE}", str(ROOT / "tests/c/lockstress.c"),
+                    "-Wno-unused-parameter", f"-I{CORE}", f"-I{CORE.parent / 'include'}", str(ROOT / "tests/c/lockstress.c"),
                     str(CORE / "locks.c"), "-o", str(exe)], check=True)
     return exe
 
@@ -108,8 +108,14 @@ def test_harness_protocol_switches_thousands_of_times_safely(lockstress, writers
 # the test above could not fail.
 @pytest.mark.parametrize("protocol", ["direct", "nograce"])
 def test_harness_broken_protocols_are_caught_losing_wakeups(lockstress, protocol):
-    rc, kv, out = stress(lockstress, "-s", protocol, "-w", "8", "-d", "2", "-t", "1000",
-                         "-H", "1000", "-p", "8", "-r", "50", "-S", "20")
+    # A lost wake-up needs a head asleep on the word at the moment of a bad switch: a 2 s run
+    # shows several, but not always on a machine loaded by other work (1 run in 6 had none).
+    # Up to three runs: the control must be caught in one of them.
+    for _ in range(3):
+        rc, kv, out = stress(lockstress, "-s", protocol, "-w", "8", "-d", "2", "-t", "1000",
+                             "-H", "1000", "-p", "8", "-r", "50", "-S", "20")
+        if int(kv.get("late_wakeups", 0)) > 0:
+            break
     assert rc == 1 and kv["result"] == "FAILURE", out
     assert int(kv["late_wakeups"]) > 0, out
     assert kv["fails"] == "0", "a lost wake-up must not break mutual exclusion"
@@ -205,11 +211,17 @@ def test_live_switch_without_the_protocol_is_caught_losing_wakeups(lock_native):
             time.sleep(0.001)
         locks.install()
 
-    try:
-        res, writes, fails, stats = run_writers(2.5, 8, 1000, unprotected)
-    finally:
-        locks.install()
-    assert res["joined"] and sum(fails) == 0
+    # Up to three runs (a loaded machine may deschedule the writers through all the bad
+    # switches of one); the control must be caught in one of them.
+    for _ in range(3):
+        patcher.set_transition("lock", None)
+        try:
+            res, writes, fails, stats = run_writers(2.5, 8, 1000, unprotected)
+        finally:
+            locks.install()
+        assert res["joined"] and sum(fails) == 0
+        if stats["late_wakeups"] > 0:
+            break
     assert stats["late_wakeups"] > 0, "the broken protocol went unnoticed"
 
 

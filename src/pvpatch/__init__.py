@@ -19,6 +19,7 @@ from . import _core
 from .errors import (ArgumentError, BatchRefused, ElfError, PvpatchError, RegistryError,
                      SiteError, SyscallError)
 from .cpufeatures import features, mask_features, unmask_features
+from .run import preload_path
 from .patcher import (current, events, register_desc, register_module, registry,
                       runtime_patch, set_transition, unregister_module)
 
@@ -48,5 +49,5 @@ def auto(hints_path: str | None = None, **kwargs):
 
 __all__ = ["auto", "ArgumentError", "BatchRefused", "ElfError", "PvpatchError", "RegistryError",
            "SiteError", "SyscallError", "current", "events", "features", "get_include",
-           "mask_features", "register_desc", "register_module", "registry", "runtime_patch",
+           "mask_features", "preload_path", "register_desc", "register_module", "registry", "runtime_patch",
            "set_transition", "unmask_features", "unregister_module", "core_module"]

@@ -131,6 +131,11 @@ def format_hints(res: dict) -> str:
     out = [f"{'publication ->':<22} {'group':<9} {'samples':>7} {'p50 ms':>8} {'p99 ms':>8} "
            f"{'max ms':>8}"]
     for r in res["rows"]:
+        if r["mode"] == "switch" and r.get("seen"):  # auto()'s agent thread, same switches
+            s = r["seen"]
+            out.append(f"{'agent notified (auto)':<22} {'-':<9} {r['measured']:>7} "
+                       f"{s['p50_us'] / 1e3:>8.3f} {s['p99_us'] / 1e3:>8.3f} "
+                       f"{s['max_us'] / 1e3:>8.3f}")
         what = "guest notified" if r["mode"] == "notify" else "switch complete"
         out.append(f"{what:<22} {r.get('group') or '-':<9} {r['measured']:>7} "
                    f"{r['p50_us'] / 1e3:>8.3f} {r['p99_us'] / 1e3:>8.3f} "

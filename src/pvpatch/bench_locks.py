@@ -30,7 +30,8 @@ from . import _core, bench
 WRITERS = (1, 2, 4, 8, 16)
 PEERS = ("pthread-mutex", "pthread-spin", "tas", "ticket", "futex-park", "mcs")
 VARIANTS = ("native", "pv", "auto")
-FAIR_MAX_MIN = 1.2  # a peer is "fair" in a run where its Max/Min stays at most this
+FAIR_MAX_MIN = 1.2
+STATS = ("acquisitions", "contended", "sleeps", "wakes", "handovers", "handover_ns")  # a peer is "fair" in a run where its Max/Min stays at most this
 
 
 class _Hostd:
@@ -128,8 +129,8 @@ def bench_locks(writers=WRITERS, seconds: float = 0.5, rounds: int = 2, settle: 
                        "settle_s": auto_settle}
     try:
         for n in writers:
-            acc = {_name(c): {"counts": [0] * n, "time": 0.0, "lat": [], "ran": set(), "segs": []}
-                   for c in configs}
+            acc = {_name(c): {"counts": [0] * n, "time": 0.0, "lat": [], "ran": set(), "segs": [],
+                              "stats": dict.fromkeys(STATS, 0)} for c in configs}
             h = _core.torture_start(n, hold_ns, peers[0] if peers else "pvpatch")
             try:
                 for _ in range(rounds):
@@ -148,11 +149,16 @@ def bench_locks(writers=WRITERS, seconds: float = 0.5, rounds: int = 2, settle: 
                             epoch = _core.torture_epoch(h)
                             if kind == "pvpatch":
                                 a["ran"].add(pvpatch.current()["lock"])
+                            s0 = _core.pvlock_stats()
                             c0 = _core.torture_read_kind(h, kind)
                             t0 = time.perf_counter()
                             time.sleep(seconds)
                             c1 = _core.torture_read_kind(h, kind)
                             dt = time.perf_counter() - t0
+                            s1 = _core.pvlock_stats()
+                            if kind == "pvpatch":
+                                for k in STATS:
+                                    a["stats"][k] += s1[k] - s0[k]
                             if kind == "pvpatch":
                                 a["ran"].add(pvpatch.current()["lock"])
                             if auto is not None:
@@ -187,6 +193,11 @@ def bench_locks(writers=WRITERS, seconds: float = 0.5, rounds: int = 2, settle: 
                        "lat_samples": len(a["lat"])}
                 if cfg[0] == "pvpatch":
                     row["variants_ran"] = sorted(a["ran"])
+                    # The lock's own statistics over the measured segments, and what the local
+                    # judge (pvlock_judge_delta) makes of them.
+                    row["lock_stats"] = dict(a["stats"])
+                    mode = next(iter(a["ran"])) if len(a["ran"]) == 1 else "pv"
+                    row["judge"] = list(_core.lock_judge_delta(a["stats"], mode))
                 rows[row["lock"]] = row
                 res["rows"].append(row)
                 if progress:
@@ -225,6 +236,15 @@ def _fmt(x, spec: str, none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
 
+def _stats_cell(r: dict) -> str:
+    st = r["lock_stats"]
+    acq = st["acquisitions"] or 1
+    mean = st["handover_ns"] / st["handovers"] / 1e3 if st["handovers"] else 0.0
+    verdict = {-1: "no opinion", 0: "pv", 1: "native"}[r["judge"][0]]
+    return (f"  [{100 * st['contended'] / acq:.1f}% contended, {st['sleeps']} sleeps, "
+            f"hand-over {mean:.1f} us; judge: {verdict}]")
+
+
 def format_locks(res: dict) -> str:
     out = [f"{res['cpus']} CPUs, load average {res['loadavg'][0]:.2f} at start, "
            f"{res['loadavg_after'][0]:.2f} at end; critical section {res['hold_ns']} ns; "
@@ -236,7 +256,8 @@ def format_locks(res: dict) -> str:
                    f"{r['acq_per_s']:>13,.0f} {r['acq_per_s_median']:>13,.0f} "
                    f"{_fmt(r['max_min'], '>8.2f', '     inf'):>8} "
                    f"{_fmt(r['lat_p50_ns'], '>9,.0f'):>9} {_fmt(r['lat_p99_ns'], '>10,.0f'):>10}"
-                   f"  {','.join(r.get('variants_ran', []))}")
+                   f"  {','.join(r.get('variants_ran', []))}"
+                   + (_stats_cell(r) if "lock_stats" in r else ""))
     out.append("ratios of median segment rates:")
     out.append(f"{'writers':>7} {'lock':<15} {'/ best peer':>22} {'/ best fair peer':>26} "
                f"{'/ pthread-mutex':>16}")

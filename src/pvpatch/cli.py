@@ -37,6 +37,7 @@ COMMANDS = (
     "pvpatch.cmd_hostd",
     "pvpatch.cmd_hints",
     "pvpatch.cmd_torture",
+    "pvpatch.run",
 )
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2

@@ -23,9 +23,6 @@ record of the variant, the code itself (an exception or a stray batch cannot mak
 """
 from __future__ import annotations
 
-import os
-import threading
-
 from . import _core
 from .errors import PvpatchError
 from .patcher import registry, set_transition, site_bytes
@@ -38,18 +35,6 @@ _MODE_NAMES = {v: k for k, v in MODES.items()}
 #: every registered sleeper itself, so it ends as soon as they get a CPU, whatever the
 #: critical sections do.
 grace_timeout = 2.0
-
-_stats_lock = threading.Lock()
-_switches = {"completed": 0, "incomplete": 0}
-
-
-def _after_fork_in_child() -> None:
-    global _stats_lock
-    _stats_lock = threading.Lock()  # its holder, if any, is not in the child
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 class UnlockSitesNotKicking(PvpatchError):
     """The mode was about to become PV while an unlock site does not kick."""
@@ -74,14 +59,9 @@ def mode() -> str:
 
 
 def switches() -> dict[str, int]:
-    """How many transitions completed, and how many stopped at hybrid."""
-    with _stats_lock:
-        return dict(_switches)
-
-
-def _count(key: str) -> None:
-    with _stats_lock:
-        _switches[key] += 1
+    """How many transitions completed, and how many stopped at hybrid (counted in C)."""
+    completed, incomplete = _core.lock_switch_counts()
+    return {"completed": completed, "incomplete": incomplete}
 
 
 def _check_unlocks_kick() -> None:
@@ -102,28 +82,20 @@ def transition(current: str, target: str, apply) -> None:
     lock held) and `apply(variant)` applies one plain batch.  Raises LockSwitchIncomplete,
     with the group at hybrid, when the grace period does not end in time.  Called also when
     current == target: then it only finishes a switch an exception interrupted (the mode word
-    lagging behind the code)."""
-    if current == target and mode() == target:
-        return
-    if target == "pv":
-        apply("hybrid")                           # 1
-        _check_unlocks_kick()
-        _core.lock_set_mode(MODES["pv"])          # 2 (after step 1's final sync)
-        apply("pv")                               # 3
-    elif target == "native":
-        apply("hybrid")                           # 1
-        _core.lock_set_mode(MODES["hybrid"])      # 2
-        if not _core.lock_grace(grace_timeout):   # 3
-            _count("incomplete")
-            raise LockSwitchIncomplete(target, grace_timeout, _core.lock_pv_inflight())
-        apply("native")                           # 4
-        _core.lock_set_mode(MODES["native"])
-    elif target == "hybrid":
-        apply("hybrid")
-        _core.lock_set_mode(MODES["hybrid"])
-    else:  # runtime_patch checked the name against the registry; a new variant needs a path
+    lagging behind the code).
+
+    The protocol is C's pvlock_transition (src/pvpatch/_core/locks.c), the one a process
+    without Python runs too; `apply` and the unlock-site check are called back from it."""
+    if target not in MODES:  # runtime_patch checked the name against the registry
         raise PvpatchError(f"lock: no transition to variant {target!r} (native, pv, hybrid)")
-    _count("completed")
+
+    def check() -> bool:
+        _check_unlocks_kick()  # raises UnlockSitesNotKicking, naming the site
+        return True
+
+    status, _ = _core.lock_transition(current, target, apply, float(grace_timeout), check)
+    if status == "incomplete":
+        raise LockSwitchIncomplete(target, grace_timeout, _core.lock_pv_inflight())
 
 
 def install() -> None:

@@ -146,33 +146,50 @@ static void set_sites(int li, int ui)
 static uint64_t grace_ns = 1000000000ull, stall_ns = 10000000000ull;
 static long incomplete;
 
-/* The transition of docs/locks.md; returns -1 if a sync stalled. */
+/* The transition of docs/locks.md: the library's own pvlock_transition (the one Python and
+ * the preload library run), with the modelled sites as its apply and check. */
+struct apply_arg {
+    uint64_t deadline;
+    int stalled;
+};
+
+static int apply_sites(const char *variant, void *arg, struct pvrt_error *e)
+{
+    struct apply_arg *a = arg;
+    if (!strcmp(variant, "native"))
+        set_sites(IMPL_NATIVE, UNLOCK_INLINE);
+    else if (!strcmp(variant, "pv"))
+        set_sites(IMPL_PV, UNLOCK_KICK);
+    else
+        set_sites(IMPL_NATIVE, UNLOCK_KICK); /* hybrid */
+    if (sync_sites(a->deadline) == 0)
+        return 0;
+    a->stalled = 1;
+    snprintf(e->msg, sizeof(e->msg), "sync stalled");
+    return -1;
+}
+
+static int check_sites(void *arg, struct pvrt_error *e)
+{
+    return __atomic_load_n(&unlock_impl, __ATOMIC_SEQ_CST) == UNLOCK_KICK;
+}
+
+/* Returns -1 if a sync stalled. */
 static int switch_protocol(int to_pv, uint64_t deadline)
 {
-    /* 1. apply("hybrid"): lock sites -> native lock, unlock sites -> kicking unlock; sync */
-    set_sites(IMPL_NATIVE, UNLOCK_KICK);
-    if (sync_sites(deadline))
-        return -1;
-    if (to_pv) {
-        /* 2. mode = PV: pv slow paths may sleep from now on; every unlock site kicks */
-        pvp_lock_set_mode(PVP_MODE_PV);
-        /* 3. apply("pv") */
-        set_sites(IMPL_PV, UNLOCK_KICK);
-        return sync_sites(deadline);
-    }
-    /* 2. mode = HYBRID: pv slow paths stop sleeping (Dekker with pv_active) */
-    pvp_lock_set_mode(PVP_MODE_HYBRID);
-    /* 3. grace period: no thread that saw PV is left in a pv slow path */
-    if (pvp_lock_grace(grace_ns) != 1) {
-        incomplete++; /* stay hybrid: correct with anything still in flight */
+    struct apply_arg a = {deadline, 0};
+    struct pvrt_error e = {0, "", ""};
+    int r = pvlock_transition_checked(to_pv ? "native" : "pv", to_pv ? "pv" : "native",
+                                      apply_sites, &a, check_sites, NULL, grace_ns / 1e9, &e);
+    if (r == PVLOCK_INCOMPLETE) {
+        incomplete++; /* left at hybrid: correct with anything still in flight */
         return 0;
     }
-    /* 4. apply("native"): the inline byte store returns */
-    set_sites(IMPL_NATIVE, UNLOCK_INLINE);
-    if (sync_sites(deadline))
-        return -1;
-    pvp_lock_set_mode(PVP_MODE_NATIVE);
-    return 0;
+    if (r != 0 && !a.stalled) {
+        fprintf(stderr, "lockstress: transition: %s\n", e.msg);
+        exit(2);
+    }
+    return r == 0 ? 0 : -1;
 }
 
 static int switch_broken(int to_pv, int nograce, uint64_t deadline)
@@ -340,7 +357,10 @@ int main(int argc, char **argv)
            total / elapsed, mx, mn);
     printf("fails=%" PRIu64 " counter=%" PRIu64 " lost_updates=%" PRIu64 "\n", fails, cs.counter,
            total - cs.counter);
-    printf("switches=%ld incomplete=%ld\n", switches, incomplete);
+    uint64_t completed_c, incomplete_c;
+    pvlock_switch_counts(&completed_c, &incomplete_c);
+    printf("switches=%ld incomplete=%ld transitions_completed=%" PRIu64 "\n", switches, incomplete,
+           completed_c);
     for (int s = 0; s < PVP_STAT_N; s++)
         printf("%s=%" PRIu64 "\n", pvp_lock_stat_names[s], st[s]);
     int ok = fails == 0 && cs.counter == total && st[PVP_STAT_LATE_WAKEUPS] == 0 &&

@@ -1,5 +1,6 @@
-/* core.h - what the C files of pvpatch._core share.  Nothing here is public: the public header is
- * include/pvpatch.h. */
+/* core.h - what the Python binding files of pvpatch._core share.  Nothing here is public: the
+ * public header is include/pvpatch.h.  Only binding files include it (it pulls in Python.h); the
+ * runtime itself is Python-free and declared in rt.h. */
 #ifndef PVPATCH_CORE_H
 #define PVPATCH_CORE_H
 
@@ -23,23 +24,17 @@ extern PyMethodDef core_bench_call_methods[]; /* bench_call.c */
 extern PyMethodDef core_traptest_methods[]; /* traptest.c */
 extern PyMethodDef core_masks_methods[];    /* masks.c */
 extern PyMethodDef core_forktest_methods[]; /* forktest.c */
+extern PyMethodDef core_agent_methods[];    /* agent_py.c */
+int core_agent_export(PyObject *module);     /* agent_py.c: AgentPolicy, Agent */
 
-/* poke.c */
-int core_poke_init(void); /* at import: membarrier registration */
-int core_sync(void);      /* membarrier SYNC_CORE + a local serialising instruction */
-/* The C-level unregister (docs/extensions.md, "Lifecycle"), exported as the capsule
- * pvpatch._core._unregister: forget the module whose descriptor is desc.  0, or -1 when it was
- * not registered.  Takes only the batch lock: callable from a destructor inside dlclose. */
-int pvpatch_core_unregister(const void *desc);
-
-/* masks.c */
-int core_own_masks(void); /* keep SIGTRAP out of masks set through every object's GOT */
-struct sigaction;
-int core_sigaction_real(int sig, const struct sigaction *act, struct sigaction *old);
-/* poke.c: sigaction(SIGTRAP) through an owned GOT entry; 0 if handled, -1: make the call */
-int core_trap_sigaction(const struct sigaction *act, struct sigaction *old);
+/* poke_py.c: the runtime's init at import, as a Python exception on failure */
+int core_poke_init(void);
+/* A struct pvrt_error as a Python exception (OSError for a failed call, else `refusal`). */
+struct pvrt_error;
+PyObject *core_rt_error(const struct pvrt_error *e, PyObject *refusal);
 
 #include "pvpatch.h" /* after Python.h, so that pvpatch_export() is there */
+#include "rt.h"       /* the Python-free runtime the bindings call */
 
 /* capi.c: add the C API capsule `_C_API` to the module */
 int core_capi_export(PyObject *module);

@@ -8,36 +8,22 @@
  * whatever the CPU (or hypervisor) returns for it, which is why Python checks the maximum leaf
  * first.
  */
-#include "core.h"
+#include "rt.h"
 
 #include <cpuid.h>
 
-static PyObject *py_cpuid(PyObject *self, PyObject *args)
+void pvrt_cpuid(unsigned leaf, unsigned subleaf, unsigned out[4])
 {
-    unsigned int leaf, subleaf = 0;
-    if (!PyArg_ParseTuple(args, "I|I", &leaf, &subleaf))
-        return NULL;
-    unsigned int a, b, c, d;
     /* __cpuid_count, not __get_cpuid_count: the latter refuses leaves above the basic maximum,
      * and the hypervisor range (0x40000000) is above it by design. */
-    __cpuid_count(leaf, subleaf, a, b, c, d);
-    return Py_BuildValue("(IIII)", a, b, c, d);
+    __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
 }
 
-/* XGETBV: which register state the OS saves (XCR0), for AVX/AVX-512 detection.  Python calls it
- * only when CPUID says OSXSAVE (it raises #UD otherwise). */
-static PyObject *py_xgetbv(PyObject *self, PyObject *args)
+/* XGETBV: which register state the OS saves (XCR0), for AVX/AVX-512 detection.  Call it only
+ * when CPUID says OSXSAVE (it raises #UD otherwise). */
+uint64_t pvrt_xgetbv(unsigned index)
 {
-    unsigned int index;
-    if (!PyArg_ParseTuple(args, "I", &index))
-        return NULL;
     unsigned int lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(index));
-    return PyLong_FromUnsignedLongLong(((unsigned long long)hi << 32) | lo);
+    return ((uint64_t)hi << 32) | lo;
 }
-
-PyMethodDef core_cpuid_methods[] = {
-    {"cpuid", py_cpuid, METH_VARARGS, "cpuid(leaf, subleaf=0) -> (eax, ebx, ecx, edx)."},
-    {"xgetbv", py_xgetbv, METH_VARARGS, "xgetbv(index) -> XCR[index]; only if OSXSAVE."},
-    {NULL, NULL, 0, NULL},
-};

@@ -21,6 +21,8 @@
 #include "lock_sites.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <string.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -214,7 +216,181 @@ static PyObject *py_lock_futex_check(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* pvlock_stats() -> {acquisitions, contended, sleeps, wakes, handovers, handover_ns} */
+static PyObject *py_pvlock_stats(PyObject *self, PyObject *unused)
+{
+    struct pvlock_stats st;
+    pvlock_stats_read(&st);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "acquisitions",
+                         (unsigned long long)st.acquisitions, "contended",
+                         (unsigned long long)st.contended, "sleeps", (unsigned long long)st.sleeps,
+                         "wakes", (unsigned long long)st.wakes, "handovers",
+                         (unsigned long long)st.handovers, "handover_ns",
+                         (unsigned long long)st.handover_ns);
+}
+
+/* The judge's state for Python's calls: its own, so that Python and a C caller (the agent)
+ * each see the statistics since their own previous call. */
+static struct pvlock_judge py_judge;
+
+/* lock_local_judge() -> (verdict, why): pvlock_local_judge over the interval since the previous
+ * call from Python (-1 no opinion, 0 pv, 1 native is fine). */
+static PyObject *py_lock_local_judge(PyObject *self, PyObject *unused)
+{
+    char why[256];
+    int r = pvlock_local_judge(&py_judge, why, sizeof(why));
+    return Py_BuildValue("(is)", r, why);
+}
+
+static int stat_field(PyObject *d, const char *key, uint64_t *out)
+{
+    PyObject *v = PyDict_GetItemString(d, key); /* borrowed */
+    if (v == NULL) {
+        PyErr_Format(PyExc_KeyError, "lock_judge_delta: the statistics have no '%s'", key);
+        return -1;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_ValueError, "lock_judge_delta: '%s' is not a count (an int >= 0)",
+                     key);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* lock_judge_delta(stats, mode) -> (verdict, why): the judge's rule on a delta of pvlock_stats()
+ * taken while the lock mode word was `mode` (a name of lock_modes()). */
+static PyObject *py_lock_judge_delta(PyObject *self, PyObject *args)
+{
+    PyObject *d;
+    const char *mode;
+    if (!PyArg_ParseTuple(args, "O!s", &PyDict_Type, &d, &mode))
+        return NULL;
+    uint32_t m;
+    if (strcmp(mode, "native") == 0)
+        m = PVP_MODE_NATIVE;
+    else if (strcmp(mode, "hybrid") == 0)
+        m = PVP_MODE_HYBRID;
+    else if (strcmp(mode, "pv") == 0)
+        m = PVP_MODE_PV;
+    else {
+        PyErr_Format(PyExc_ValueError, "lock_judge_delta: mode '%s' is not native, hybrid or pv",
+                     mode);
+        return NULL;
+    }
+    struct pvlock_stats st;
+    if (stat_field(d, "acquisitions", &st.acquisitions) || stat_field(d, "contended", &st.contended) ||
+        stat_field(d, "sleeps", &st.sleeps) || stat_field(d, "wakes", &st.wakes) ||
+        stat_field(d, "handovers", &st.handovers) || stat_field(d, "handover_ns", &st.handover_ns))
+        return NULL;
+    char why[256];
+    int r = pvlock_judge_delta(&st, m, why, sizeof(why));
+    return Py_BuildValue("(is)", r, why);
+}
+
+/* ---- the transition, driven from Python ------------------------------------------------- */
+
+/* The callbacks run with the GIL re-taken; pvlock_transition itself (the grace period above
+ * all) runs without it.  A Python exception raised by a callback is kept and re-raised as is
+ * (KeyboardInterrupt, UnlockSitesNotKicking from a Python check, a batch's error). */
+struct py_transition {
+    PyThreadState *ts;
+    PyObject *apply, *check;
+    int raised;
+};
+
+static int py_apply(const char *variant, void *arg, struct pvrt_error *e)
+{
+    struct py_transition *t = arg;
+    PyEval_RestoreThread(t->ts);
+    PyObject *r = PyObject_CallFunction(t->apply, "s", variant);
+    int rc = 0;
+    if (r == NULL) {
+        t->raised = 1;
+        rc = -1;
+        snprintf(e->msg, sizeof(e->msg), "lock: apply(%s) raised", variant);
+    }
+    Py_XDECREF(r);
+    t->ts = PyEval_SaveThread();
+    return rc;
+}
+
+static int py_check(void *arg, struct pvrt_error *e)
+{
+    struct py_transition *t = arg;
+    PyEval_RestoreThread(t->ts);
+    PyObject *r = PyObject_CallNoArgs(t->check);
+    int rc = 1;
+    if (r == NULL) {
+        t->raised = 1;
+        rc = -1;
+        snprintf(e->msg, sizeof(e->msg), "lock: the unlock-site check raised");
+    } else if (!PyObject_IsTrue(r)) {
+        rc = 0;
+        snprintf(e->msg, sizeof(e->msg), "lock -> pv: an unlock site does not kick");
+    }
+    Py_XDECREF(r);
+    t->ts = PyEval_SaveThread();
+    return rc;
+}
+
+/* lock_transition(current, target, apply, grace_timeout, check=None) -> (status, message)
+ *   status "ok", "not-kicking" (mode unchanged) or "incomplete" (group left at hybrid).
+ * apply(variant) does one plain batch; check() returns True when every unlock site kicks (it
+ * may raise instead); without check the runtime's site reader is used (refused if absent). */
+static PyObject *py_lock_transition(PyObject *self, PyObject *args)
+{
+    const char *current, *target;
+    PyObject *apply, *check = Py_None;
+    double grace;
+    if (!PyArg_ParseTuple(args, "ssOd|O", &current, &target, &apply, &grace, &check))
+        return NULL;
+    if (!PyCallable_Check(apply) || (check != Py_None && !PyCallable_Check(check))) {
+        PyErr_SetString(PyExc_TypeError, "lock_transition: apply and check must be callable");
+        return NULL;
+    }
+    struct py_transition t = {NULL, apply, check == Py_None ? NULL : check, 0};
+    struct pvrt_error e = {0, "", ""};
+    int r;
+    t.ts = PyEval_SaveThread();
+    r = pvlock_transition_checked(current, target, py_apply, &t, t.check ? py_check : NULL,
+                                  &t, grace, &e);
+    PyEval_RestoreThread(t.ts);
+    if (t.raised)
+        return NULL; /* the callback's exception, as it was raised */
+    if (r == PVLOCK_NOT_KICKING)
+        return Py_BuildValue("(ss)", "not-kicking", e.msg);
+    if (r == PVLOCK_INCOMPLETE)
+        return Py_BuildValue("(ss)", "incomplete", e.msg);
+    if (r != 0) {
+        if (e.err != 0)
+            return core_oserror_errno(e.err, e.syscall);
+        PyErr_SetString(PyExc_ValueError, e.msg);
+        return NULL;
+    }
+    return Py_BuildValue("(ss)", "ok", "");
+}
+
+/* lock_switch_counts() -> (completed, incomplete) */
+static PyObject *py_lock_switch_counts(PyObject *self, PyObject *unused)
+{
+    uint64_t c, i;
+    pvlock_switch_counts(&c, &i);
+    return Py_BuildValue("(KK)", (unsigned long long)c, (unsigned long long)i);
+}
+
 PyMethodDef core_lock_methods[] = {
+    {"pvlock_stats", py_pvlock_stats, METH_NOARGS,
+     "Cumulative lock statistics: acquisitions, contended, sleeps, wakes, hand-overs."},
+    {"lock_local_judge", py_lock_local_judge, METH_NOARGS,
+     "(verdict, why) from the statistics since the previous call."},
+    {"lock_judge_delta", py_lock_judge_delta, METH_VARARGS,
+     "(verdict, why) of the judge's rule on a delta of pvlock_stats()."},
+    {"lock_transition", py_lock_transition, METH_VARARGS,
+     "The native <-> pv protocol (C), with apply/check callbacks."},
+    {"lock_switch_counts", py_lock_switch_counts, METH_NOARGS,
+     "(completed, incomplete) lock transitions."},
     {"lock_modes", py_lock_modes, METH_NOARGS, "Mode names and values."},
     {"lock_mode", py_lock_mode, METH_NOARGS, "The lock mode word."},
     {"lock_set_mode", py_lock_set_mode, METH_O, "Store the lock mode word (seq_cst)."},

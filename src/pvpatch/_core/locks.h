@@ -18,7 +18,24 @@
 #ifndef PVPATCH_LOCKS_H
 #define PVPATCH_LOCKS_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* The runtime's error record (rt.h).  Defined here too while this header must build alone (the
+ * C stress harness compiles locks.c by itself); both definitions are the same. */
+#if defined(__has_include)
+#if __has_include("rt.h")
+#include "rt.h"
+#define PVLOCK_HAVE_RT_H 1
+#endif
+#endif
+#ifndef PVLOCK_HAVE_RT_H
+struct pvrt_error {
+    int err;
+    char syscall[32];
+    char msg[480];
+};
+#endif
 
 typedef union pvp_lock {
     uint32_t val;
@@ -102,11 +119,72 @@ enum pvp_lock_stat {
     PVP_STAT_LATE_WAKEUPS,  /* rescued sleepers whose wake-up never came: must stay 0 */
     PVP_STAT_FUTEX_ERRORS,  /* futex calls that failed unexpectedly (the waiter then spins) */
     PVP_STAT_GRACE_KICKS,   /* sleepers woken by a grace period so that they see the mode */
+    PVP_STAT_ACQUIRED,      /* lock calls that returned holding the lock (fast path included) */
+    PVP_STAT_HANDOVER,      /* MCS grants: a queued waiter was made the head by its predecessor */
+    PVP_STAT_HANDOVER_NS,   /* sum over those grants of grant -> the waiter saw it (ns) */
+    PVP_STAT_STEAL_FAST,    /* pv fast path: taken past a non-empty queue (contended) */
     PVP_STAT_N
 };
 extern const char *const pvp_lock_stat_names[PVP_STAT_N];
 void pvp_lock_stats(uint64_t out[PVP_STAT_N]);
-int pvp_lock_futex_errno(void); /* errno of the last unexpected futex failure, 0 if none */
+int pvp_lock_futex_errno(void);
+
+/* The contract's view of the statistics (cumulative, process-wide).  Cheap to keep: the fast
+ * path adds one increment of a per-thread counter; everything else is counted on slow paths.
+ *   acquisitions  lock calls that returned holding the lock (trylock successes included)
+ *   contended     of those, the ones that missed the fast path or (pv) stole past a queue
+ *   sleeps        FUTEX_WAITs entered by waiters (on their MCS node or, as head, on the word)
+ *   wakes         FUTEX_WAKEs made for a sleeper (hand-offs, kicking unlocks, grace periods)
+ *   handovers     MCS grants, predecessor -> queued successor
+ *   handover_ns   sum over them of the time from the grant to the successor seeing it: a
+ *                 spinning successor sees it in a cache-line transfer; a preempted or sleeping
+ *                 one only when it runs again, so the mean tells whether waiters run. */
+struct pvlock_stats {
+    uint64_t acquisitions, contended, sleeps, wakes, handovers, handover_ns;
+};
+void pvlock_stats_read(struct pvlock_stats *out);
+
+/* Local judge, a policy input for the agent: from the statistics since its previous call,
+ * -1 no opinion (too few acquisitions to say), 0 prefer the safe variant (pv), 1 the fast one
+ * (native) is fine.  why (if n > 0) receives the figures and the rule that decided.  arg: a
+ * struct pvlock_judge to keep the previous snapshot in, or NULL for a process-wide one.  The
+ * rule and its evidence: docs/locks.md, "The local judge".  No hysteresis here (the caller's). */
+struct pvlock_judge {
+    struct pvlock_stats prev;
+    int primed;
+};
+int pvlock_local_judge(void *arg, char *why, size_t n);
+/* The rule itself, on a delta of statistics and the mode that was in force; pure. */
+int pvlock_judge_delta(const struct pvlock_stats *d, uint32_t mode, char *why, size_t n);
+#define PVLOCK_JUDGE_MIN_ACQ 1000     /* fewer acquisitions in an interval: no opinion */
+#define PVLOCK_JUDGE_NATIVE_MAX_PERMILLE 20 /* contended acquisitions, per mille, native fine */
+#define PVLOCK_JUDGE_HANDOVER_MAX_NS 20000  /* mean hand-over above this: waiters do not run */
+
+/* ---- the transition: native <-> pv while the locks are in use (docs/locks.md, "Switching") -- */
+
+/* Apply one plain batch moving every site of the lock group to `variant` ("native", "pv",
+ * "hybrid"); return 0, or -1 with e filled.  The batch must end with its final sync. */
+typedef int (*pvlock_apply_fn)(const char *variant, void *arg, struct pvrt_error *e);
+/* Read every unlock site's bytes: 1 when all of them kick (pv's or hybrid's rendering), 0 when
+ * one does not (e->msg names it), -1 when they could not be read (e). */
+typedef int (*pvlock_check_fn)(void *arg, struct pvrt_error *e);
+
+#define PVLOCK_NOT_KICKING (-2) /* mode would become PV over a non-kicking unlock site */
+#define PVLOCK_INCOMPLETE (-3)  /* grace period timed out: the group stays at hybrid */
+
+/* The protocol (steps in locks.c).  current: the variant the sites hold (read from the bytes
+ * by the caller); current == target still finishes a switch an error interrupted (mode word
+ * behind the code).  Returns 0, -1 (apply or check failed, or bad input: e), PVLOCK_NOT_KICKING
+ * (nothing stored in the mode word; e->msg), PVLOCK_INCOMPLETE (e->msg).  The unlock-sites
+ * check is the runtime's pvrt_group_site_bytes_match("lock", "unlock", ...) when it is linked
+ * in; without it pvlock_transition refuses to store mode PV (use pvlock_transition_checked). */
+int pvlock_transition(const char *current, const char *target, pvlock_apply_fn apply, void *arg,
+                      double grace_timeout_s, struct pvrt_error *e);
+int pvlock_transition_checked(const char *current, const char *target, pvlock_apply_fn apply,
+                              void *arg, pvlock_check_fn check, void *check_arg,
+                              double grace_timeout_s, struct pvrt_error *e);
+/* Transitions that completed / stopped at hybrid, since the process started. */
+void pvlock_switch_counts(uint64_t *completed, uint64_t *incomplete); /* errno of the last unexpected futex failure, 0 if none */
 
 /* What each thread with a thread id is doing, for state dumps. */
 enum pvp_thread_where {

@@ -19,7 +19,7 @@
  * posix_spawn -- no site runs there), and by a call made before the object's GOT was rewritten.
  */
 #define _GNU_SOURCE
-#include "core.h"
+#include "rt.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -270,17 +270,9 @@ int core_own_masks(void)
     return fresh;
 }
 
-static PyObject *py_own_masks(PyObject *self, PyObject *unused)
+void core_masks_counters(unsigned long *got, size_t *objects, unsigned long *stripped)
 {
-    if (core_own_masks() < 0)
-        return core_oserror("mprotect");
-    return Py_BuildValue("{s:k,s:n,s:k}", "got_entries", got_entries, "objects",
-                         (Py_ssize_t)n_objects, "masks_stripped", atomic_load(&masks_stripped));
+    *got = got_entries;
+    *objects = n_objects;
+    *stripped = atomic_load(&masks_stripped);
 }
-
-PyMethodDef core_masks_methods[] = {
-    {"own_masks", py_own_masks, METH_NOARGS,
-     "Point every loaded object's pthread_sigmask/sigprocmask/sigaction at SIGTRAP-free "
-     "wrappers; counters."},
-    {NULL, NULL, 0, NULL},
-};

@@ -37,6 +37,7 @@ static PyMethodDef *const tables[] = {
     core_masks_methods,
     core_forktest_methods,
     core_bits_methods,
+    core_agent_methods,
 };
 
 static struct PyModuleDef core_module = {
@@ -67,7 +68,7 @@ PyMODINIT_FUNC PyInit__core(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "ABI", CORE_ABI) < 0 || pvpatch_export(m, &pvpatch_module) < 0 ||
-        core_capi_export(m) < 0) {
+        core_capi_export(m) < 0 || core_agent_export(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

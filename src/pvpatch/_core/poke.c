@@ -27,11 +27,12 @@
  * elsewhere it takes the int3 protocol like any other entry.
  */
 #define _GNU_SOURCE
-#include "core.h"
+#include "rt.h"
 #include "writer.h"
 
 #include <errno.h>
 #include <link.h>
+#include <stdio.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
@@ -51,17 +52,24 @@
 
 /* ---- errors ----------------------------------------------------------------------------- */
 
-PyObject *core_oserror_errno(int err, const char *syscall)
+int pvrt_fail(struct pvrt_error *e, int err, const char *syscall, const char *fmt, ...)
 {
-    PyObject *args = Py_BuildValue("(iss)", err, strerror(err), syscall);
-    if (args != NULL) {
-        PyErr_SetObject(PyExc_OSError, args);
-        Py_DECREF(args);
+    if (e == NULL)
+        return -1;
+    e->err = err;
+    snprintf(e->syscall, sizeof(e->syscall), "%s", syscall ? syscall : "");
+    e->syscall_long = syscall; /* callers pass literals or the writer's static names */
+    e->bad_addr = -1;
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+        va_end(ap);
+    } else {
+        snprintf(e->msg, sizeof(e->msg), "%s", err ? strerror(err) : "");
     }
-    return NULL;
+    return -1;
 }
-
-PyObject *core_oserror(const char *syscall) { return core_oserror_errno(errno, syscall); }
 
 /* ---- sync ------------------------------------------------------------------------------- */
 
@@ -91,15 +99,45 @@ int core_sync(void)
     return 0;
 }
 
-int core_poke_init(void)
+static void poke_init_once(void);
+static pthread_once_t poke_once = PTHREAD_ONCE_INIT;
+static struct pvrt_error poke_init_error;
+static int poke_init_rc;
+
+/* Idempotent: the first call does the work, every later one returns its result. */
+int pvrt_poke_init(struct pvrt_error *e)
+{
+    pthread_once(&poke_once, poke_init_once);
+    if (poke_init_rc != 0 && e != NULL)
+        *e = poke_init_error;
+    return poke_init_rc;
+}
+
+void pvrt_membarrier_status(int *ok, int *err)
+{
+    *ok = membarrier_ok;
+    *err = membarrier_errno;
+}
+
+int pvrt_sync(struct pvrt_error *e)
+{
+    if (!membarrier_ok)
+        return pvrt_fail(e, membarrier_errno, "membarrier", NULL);
+    if (core_sync() != 0)
+        return pvrt_fail(e, errno, "membarrier", NULL);
+    return 0;
+}
+
+static int poke_init(struct pvrt_error *e);
+static void poke_init_once(void) { poke_init_rc = poke_init(&poke_init_error); }
+
+static int poke_init(struct pvrt_error *e)
 {
     /* The writer first: it chooses its path before any code range exists.  Coalescing of the
      * proc-mem path keeps its default gap: the patcher is the only writer of code (the handler
      * writes none, rule H0), so rewriting a gap with the bytes it holds is invisible. */
-    if (pvp_writer_init() != 0) {
-        core_oserror(pvp_writer_syscall);
-        return -1;
-    }
+    if (pvp_writer_init() != 0)
+        return pvrt_fail(e, errno, pvp_writer_syscall, NULL);
     /* Registering is cheap while the process has one thread and costs tens of milliseconds
      * later, which is why it happens here, at import. */
     long cmds = sys_membarrier(MEMBARRIER_CMD_QUERY, 0);
@@ -113,10 +151,8 @@ int core_poke_init(void)
     }
     membarrier_ok = 1;
     int err = pthread_atfork(fork_prepare, fork_parent, fork_child);
-    if (err != 0) {
-        core_oserror_errno(err, "pthread_atfork");
-        return -1;
-    }
+    if (err != 0)
+        return pvrt_fail(e, err, "pthread_atfork", NULL);
     return 0;
 }
 
@@ -671,28 +707,28 @@ static void trap_handler(int sig, siginfo_t *si, void *ucv)
 /* Install the handler, chaining to whatever is there, unless it is ours already.  SA_NODEFER:
  * a signal handler that runs while we handle a trap may trap again on this thread, and a
  * blocked SIGTRAP from int3 kills the process. */
-static PyObject *py_install_trap_handler(PyObject *self, PyObject *unused)
+int pvrt_install_trap_handler(struct pvrt_error *e)
 {
     struct sigaction cur, sa;
     if (core_sigaction_real(SIGTRAP, NULL, &cur) != 0)
-        return core_oserror("sigaction");
+        return pvrt_fail(e, errno, "sigaction", NULL);
     if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == trap_handler)
-        Py_RETURN_FALSE;
+        return 0;
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = trap_handler;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
     for (int spins = 0; !prev_write(&cur, NULL); spins++)
         if (spins > 100000) {
-            PyErr_SetString(PyExc_RuntimeError, "install_trap_handler: prev handler busy");
-            return NULL;
+            return pvrt_fail(e, EBUSY, "sigaction",
+                             "install_trap_handler: the previous handler is being changed");
         } else {
             sched_yield();
         }
     if (core_sigaction_real(SIGTRAP, &sa, NULL) != 0)
-        return core_oserror("sigaction");
+        return pvrt_fail(e, errno, "sigaction", NULL);
     atomic_store(&trap_installed, 1);
-    Py_RETURN_TRUE;
+    return 1;
 }
 
 /* sigaction(SIGTRAP, ...) made by the program through an owned GOT entry (masks.c) while
@@ -881,44 +917,25 @@ static int restore_parked(int *syncs)
     return 0;
 }
 
-/* apply_batch(addrs, lens, old, new, hook=0, hook_step=1) -> dict
- *
- * addrs: native-endian uint64 array (n entries); lens: n bytes; old, new: n * 16 bytes
- * (site i's bytes at [16 i, 16 i + lens[i])).  hook: address of a `long (*)(void)` called right
- * after the writes of step `hook_step` (1..3), before that step's sync (the selftest makes the
- * patcher trap on its own int3 with it; tests fail a sync with it).
- *
- * Refusals raise ValueError(reason, address) and write nothing; OSError(errno, ..., "membarrier")
- * for a sync that failed, after the recovery of docs/protocol.md ("A failed sync"). */
-static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
+/* pvrt_apply_batch (rt.h): the batch protocol of the comment at the top of this file.
+ * Refusals write nothing and name the site by address (*bad_addr); a failed sync is reported as
+ * membarrier's errno after the recovery of docs/protocol.md ("A failed sync"). */
+int pvrt_apply_batch(const uint64_t *addrs, const uint8_t *lens, const uint8_t *old,
+                     const uint8_t *new_, size_t n, uintptr_t hook, int hook_step,
+                     struct pvrt_batch_result *r, struct pvrt_error *e, long long *bad_addr)
 {
-    static char *kwlist[] = {"addrs", "lens", "old", "new", "hook", "hook_step", NULL};
-    Py_buffer addrs, lens, old, new;
-    unsigned long long hook = 0;
-    int hook_step = 1;
-    PyObject *result = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*|Ki", kwlist, &addrs, &lens, &old, &new,
-                                     &hook, &hook_step))
-        return NULL;
-    size_t n = (size_t)lens.len;
-    if ((size_t)addrs.len != n * 8 || (size_t)old.len != n * 16 || (size_t)new.len != n * 16) {
-        PyErr_SetString(PyExc_TypeError, "apply_batch: buffer sizes do not agree");
-        goto out_release;
-    }
-    if (hook_step < 1 || hook_step > 3) {
-        PyErr_SetString(PyExc_ValueError, "apply_batch: hook_step is 1, 2 or 3");
-        goto out_release;
-    }
-    if (!membarrier_ok) {
-        core_oserror_errno(membarrier_errno, "membarrier");
-        goto out_release;
-    }
-    if (!pvp_writer_child_ok()) {
+    *bad_addr = -1;
+    memset(r, 0, sizeof(*r));
+    if (hook_step < 1 || hook_step > 3)
+        return pvrt_fail(e, 0, "", "apply_batch: hook_step is 1, 2 or 3");
+    if (pvrt_poke_init(e) != 0)
+        return -1;
+    if (!membarrier_ok)
+        return pvrt_fail(e, membarrier_errno, "membarrier", NULL);
+    if (!pvp_writer_child_ok())
         /* After a fork whose child handler could not copy the code: it is still shared with
          * the parent, whose threads this process cannot sync (alias path only). */
-        core_oserror_errno(EXDEV, "fork (code still shared with the parent)");
-        goto out_release;
-    }
+        return pvrt_fail(e, EXDEV, "fork (code still shared with the parent)", NULL);
 
     struct batch *b = &the_batch;
     double t0 = now_ns();
@@ -953,7 +970,6 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         }                                                                                        \
     } while (0)
 
-    Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&batch_lock);
     /* The writer for this batch (the alias path maps its rw- view on first use, unmapped by
      * pvp_writer_end below, on every path out). */
@@ -977,8 +993,8 @@ static PyObject *py_apply_batch(PyObject *self, PyObject *args, PyObject *kw)
         b->e = ne;
         b->cap = n;
     }
-    const uint64_t *pa = addrs.buf;
-    const uint8_t *pl = lens.buf, *po = old.buf, *pn = new.buf;
+    const uint64_t *pa = addrs;
+    const uint8_t *pl = lens, *po = old, *pn = new_;
     size_t filled = 0;
     for (size_t i = 0; i < n; i++) {
         struct entry *e = &b->e[filled];
@@ -1161,18 +1177,15 @@ unlock:
     WRITE_OR_FAIL(pvp_writer_end());
 unlock_nowriter:
     pthread_mutex_unlock(&batch_lock);
-    Py_END_ALLOW_THREADS
 #undef SYNC_OR_FAIL
 #undef WRITE_OR_FAIL
 #undef RUN_HOOK
 
-    if (io_errno != 0) {
-        core_oserror_errno(io_errno, io_syscall ? io_syscall : "text_write");
-        goto out_release;
-    }
+    if (io_errno != 0)
+        return pvrt_fail(e, io_errno, io_syscall ? io_syscall : "text_write", NULL);
     if (failure != NULL || failed_sync != 0) {
-        /* OSError(errno, "strerror; what happened", "membarrier") */
-        char what[160], msg[256];
+        /* errno of membarrier; msg: "strerror; what happened" */
+        char what[160];
         if (failure != NULL)
             snprintf(what, sizeof(what), "%s", failure);
         else if (failed_sync == 1)
@@ -1181,36 +1194,24 @@ unlock_nowriter:
             snprintf(what, sizeof(what), "sync #2 failed: the sites run their old renderings "
                                          "behind int3 until the next batch restores them");
         int err = sync_errno ? sync_errno : EIO;
-        snprintf(msg, sizeof(msg), "%s; %s", strerror(err), what);
-        PyObject *a = Py_BuildValue("(iss)", err, msg, "membarrier");
-        if (a != NULL) {
-            PyErr_SetObject(PyExc_OSError, a);
-            Py_DECREF(a);
-        }
-        goto out_release;
+        return pvrt_fail(e, err, "membarrier", "%s; %s", strerror(err), what);
     }
     if (why != NULL) {
-        PyObject *v = Py_BuildValue("(sL)", why, (long long)bad);
-        if (v != NULL) {
-            PyErr_SetObject(PyExc_ValueError, v);
-            Py_DECREF(v);
-        }
-        goto out_release;
+        *bad_addr = (long long)bad;
+        return pvrt_fail(e, 0, "", "%s", why);
     }
-    result = Py_BuildValue("{s:n,s:i,s:d,s:k,s:k,s:k,s:k,s:n,s:n,s:i,s:n}", "sites", (Py_ssize_t)n,
-                           "syncs", syncs, "ns", now_ns() - t0, "traps",
-                           atomic_load(&ctr_traps) - traps0, "traps_helped",
-                           atomic_load(&ctr_traps_emulated) - emu0, "traps_on_patcher",
-                           atomic_load(&ctr_traps_on_patcher) - onp0, "stale_traps",
-                           atomic_load(&ctr_stale_traps) - stale0, "flips", (Py_ssize_t)nflip,
-                           "trapping", (Py_ssize_t)ntrap, "late_sync_errno", late_sync_errno,
-                           "dropped_retired", (Py_ssize_t)dropped_retired);
-out_release:
-    PyBuffer_Release(&addrs);
-    PyBuffer_Release(&lens);
-    PyBuffer_Release(&old);
-    PyBuffer_Release(&new);
-    return result;
+    r->sites = n;
+    r->syncs = syncs;
+    r->ns = now_ns() - t0;
+    r->traps = atomic_load(&ctr_traps) - traps0;
+    r->traps_helped = atomic_load(&ctr_traps_emulated) - emu0;
+    r->traps_on_patcher = atomic_load(&ctr_traps_on_patcher) - onp0;
+    r->stale_traps = atomic_load(&ctr_stale_traps) - stale0;
+    r->flips = nflip;
+    r->trapping = ntrap;
+    r->late_sync_errno = late_sync_errno;
+    r->dropped_retired = dropped_retired;
+    return 0;
 }
 
 /* ---- text ------------------------------------------------------------------------------- */
@@ -1309,70 +1310,32 @@ static int seg_cb(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
-/* text_segment(addr) -> (start, end, path) of the executable PT_LOAD holding addr (page
- * aligned), or None. */
-static PyObject *py_text_segment(PyObject *self, PyObject *arg)
+int pvrt_text_segment(uintptr_t addr, uintptr_t *start, uintptr_t *end, char *path, size_t n)
 {
     struct seg_query q = {0};
-    q.addr = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred())
-        return NULL;
+    q.addr = addr;
     dl_iterate_phdr(seg_cb, &q);
     if (!q.found)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(KKs)", (unsigned long long)q.start, (unsigned long long)q.end, q.path);
+        return 0;
+    *start = q.start;
+    *end = q.end;
+    if (path != NULL && n > 0)
+        snprintf(path, n, "%s", q.path);
+    return 1;
 }
 
-/* register_text(start, length, name): [start, start+length) becomes a code range pvpatch may
- * write (writer.c).  proc-mem path: nothing moves.  Alias path: the text moves into a memfd,
- * mapped shared r-x over the same address.  Idempotent for a range that is already one. */
-static PyObject *py_register_text(PyObject *self, PyObject *args)
+/* Serialised with batches (batch_lock). */
+int pvrt_write_code(uintptr_t addr, const void *data, size_t len, struct pvrt_error *e)
 {
-    unsigned long long start, length;
-    const char *name;
-    if (!PyArg_ParseTuple(args, "KKs", &start, &length, &name))
-        return NULL;
-    if (pvp_code_range_add_text((uintptr_t)start, (size_t)length, name) < 0)
-        return core_oserror(pvp_writer_syscall);
-    Py_RETURN_NONE;
-}
-
-/* map_code(length, name, near=0) -> exec: fresh zeroed code memory, r-x (within 1 GiB below
- * `near` when given, so that rel32 calls reach code there).  Write it with write_code. */
-static PyObject *py_map_code(PyObject *self, PyObject *args)
-{
-    unsigned long long length, near = 0;
-    const char *name;
-    uintptr_t x;
-    if (!PyArg_ParseTuple(args, "Ks|K", &length, &name, &near))
-        return NULL;
-    if (pvp_code_range_map((size_t)length, name, (uintptr_t)near, &x) < 0)
-        return core_oserror(pvp_writer_syscall);
-    return PyLong_FromUnsignedLongLong(x);
-}
-
-/* write_code(addr, data): write bytes into a code range with the writer, outside the batch
- * protocol: for code no thread runs yet (generated functions), op slots that live in code
- * pages, and tests.  Serialised with batches. */
-static PyObject *py_write_code(PyObject *self, PyObject *args)
-{
-    unsigned long long addr;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "Ky*", &addr, &data))
-        return NULL;
+    if (pvp_code_range_find(addr, len) < 0)
+        return pvrt_fail(e, 0, "", "write_code: [%#lx, +%zu) is not in a code range of pvpatch",
+                         (unsigned long)addr, len);
     int rc, err = 0;
     const char *syscall = NULL;
-    if (pvp_code_range_find((uintptr_t)addr, (size_t)data.len) < 0) {
-        PyBuffer_Release(&data);
-        PyErr_Format(PyExc_ValueError, "write_code: [%#llx, +%zd) is not in a code range of "
-                                       "pvpatch", addr, data.len);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&batch_lock);
     rc = pvp_writer_begin();
     if (rc == 0)
-        rc = text_write((uintptr_t)addr, data.buf, (size_t)data.len);
+        rc = text_write(addr, data, len);
     if (rc != 0) {
         err = errno;
         syscall = pvp_writer_syscall;
@@ -1383,62 +1346,32 @@ static PyObject *py_write_code(PyObject *self, PyObject *args)
         syscall = pvp_writer_syscall;
     }
     pthread_mutex_unlock(&batch_lock);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
-    if (rc != 0)
-        return core_oserror_errno(err, syscall);
-    Py_RETURN_NONE;
+    return rc != 0 ? pvrt_fail(e, err, syscall, NULL) : 0;
 }
 
-/* writer_status() -> dict: which path writes code, and why; atomic_store: whether an aligned
- * 8-byte write is one store (atomic call flips are used only then). */
-static PyObject *py_writer_status(PyObject *self, PyObject *unused)
+/* The trap handler recognises these site starts (any order) from now on.  owner (the module's
+ * descriptor address) is what retire_owner names; the text is the code range released with
+ * it. */
+long pvrt_add_known_sites(const uint64_t *addrs, size_t n, uintptr_t owner, uintptr_t text_start,
+                          size_t text_len, struct pvrt_error *e)
 {
-    int forced, probe_errno;
-    const char *probe_syscall;
-    size_t max_gap, n;
-    unsigned long syscalls, bytes, alias_maps;
-    pvp_writer_status(&forced, &probe_errno, &probe_syscall, &max_gap, &syscalls, &bytes,
-                      &alias_maps, &n);
-    return Py_BuildValue("{s:s,s:O,s:O,s:i,s:s,s:n,s:k,s:k,s:k,s:n}", "path",
-                         pvp_writer_path(), "forced", forced ? Py_True : Py_False,
-                         "atomic_store", pvp_writer_atomic_store_ok() ? Py_True : Py_False,
-                         "probe_errno", probe_errno,
-                         "probe_syscall", probe_syscall, "max_gap", (Py_ssize_t)max_gap,
-                         "write_syscalls", syscalls, "bytes_written", bytes, "alias_maps",
-                         alias_maps, "code_ranges", (Py_ssize_t)n);
-}
-
-/* add_known_sites(addrs, owner=0, text_start=0, text_len=0) -> index: addrs is a uint64 array
- * of site starts (any order); the trap handler recognises them from now on.  owner (the
- * module's descriptor address) is what retire_owner names; the text is the code range
- * released with it. */
-static PyObject *py_add_known_sites(PyObject *self, PyObject *args)
-{
-    Py_buffer buf;
-    unsigned long long owner = 0, text_start = 0, text_len = 0;
-    if (!PyArg_ParseTuple(args, "y*|KKK", &buf, &owner, &text_start, &text_len))
-        return NULL;
-    size_t n = (size_t)buf.len / sizeof(uintptr_t);
     struct site_table *tb = calloc(1, sizeof(*tb));
     uintptr_t *a = malloc((n ? n : 1) * sizeof(uintptr_t));
     _Atomic uint64_t *pend = calloc(n ? n : 1, sizeof(*pend));
     if (tb == NULL || a == NULL || pend == NULL) {
-        PyBuffer_Release(&buf);
         free(tb);
         free(a);
         free(pend);
-        return PyErr_NoMemory();
+        return pvrt_fail(e, ENOMEM, "malloc", NULL);
     }
-    memcpy(a, buf.buf, n * sizeof(uintptr_t));
-    PyBuffer_Release(&buf);
+    memcpy(a, addrs, n * sizeof(uintptr_t));
     qsort(a, n, sizeof(uintptr_t), cmp_uptr);
     tb->addr = a;
     tb->pending = pend;
     tb->n = n;
-    tb->owner = (uintptr_t)owner;
-    tb->text_start = (uintptr_t)text_start;
-    tb->text_len = (uintptr_t)text_len;
+    tb->owner = owner;
+    tb->text_start = text_start;
+    tb->text_len = text_len;
     pthread_mutex_lock(&site_tables_lock);
     size_t t = atomic_load(&n_site_tables);
     if (t == MAX_SITE_TABLES) {
@@ -1446,14 +1379,13 @@ static PyObject *py_add_known_sites(PyObject *self, PyObject *args)
         free(tb);
         free(a);
         free(pend);
-        PyErr_SetString(PyExc_OverflowError, "too many site tables (1024 registrations)");
-        return NULL;
+        return pvrt_fail(e, 0, "", "too many site tables (1024 registrations)");
     }
     atomic_store_explicit(&site_tables[t], tb, memory_order_release);
     /* Partner: the acquire of n_site_tables in site_lookup. */
     atomic_store_explicit(&n_site_tables, t + 1, memory_order_release);
     pthread_mutex_unlock(&site_tables_lock);
-    return PyLong_FromSize_t(t);
+    return (long)t;
 }
 
 /* Is `owner`'s table retired?  (Only the batch lock's holder may rely on a 0.) */
@@ -1516,140 +1448,58 @@ int pvpatch_core_unregister(const void *desc)
     return pvpatch_core_retire_owner((uintptr_t)desc) > 0 ? 0 : -1;
 }
 
-/* retire_owner(owner) -> number of tables retired (Python's unregister, after its batch). */
-static PyObject *py_retire_owner(PyObject *self, PyObject *arg)
-{
-    unsigned long long owner = PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred())
-        return NULL;
-    int r;
-    Py_BEGIN_ALLOW_THREADS
-    r = pvpatch_core_retire_owner((uintptr_t)owner);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(r);
-}
+unsigned long pvrt_retire_gen(void) { return atomic_load(&retire_gen); }
 
-/* retired() -> (generation, [owner, ...]): the owners whose tables are all retired. */
-static PyObject *py_retired(PyObject *self, PyObject *unused)
+size_t pvrt_retired_owners(uintptr_t *out, size_t max, unsigned long *gen)
 {
-    unsigned long gen = atomic_load(&retire_gen);
-    PyObject *l = PyList_New(0);
-    if (l == NULL)
-        return NULL;
+    *gen = atomic_load(&retire_gen);
+    size_t k = 0;
     size_t n = atomic_load_explicit(&n_site_tables, memory_order_acquire);
-    for (size_t t = 0; t < n; t++) {
+    for (size_t t = 0; t < n && k < max; t++) {
         struct site_table *tb = atomic_load_explicit(&site_tables[t], memory_order_acquire);
         if (tb->owner == 0 || !owner_retired(tb->owner))
             continue;
-        PyObject *o = PyLong_FromUnsignedLongLong(tb->owner);
-        if (o == NULL || PyList_Append(l, o) != 0) {
-            Py_XDECREF(o);
-            Py_DECREF(l);
-            return NULL;
-        }
-        Py_DECREF(o);
+        out[k++] = tb->owner;
     }
-    return Py_BuildValue("(kN)", gen, l);
+    return k;
 }
 
-static PyObject *py_retire_gen(PyObject *self, PyObject *unused)
+void pvrt_trap_counters(struct pvrt_trap_counters *c)
 {
-    return PyLong_FromUnsignedLong(atomic_load(&retire_gen));
+    c->traps = atomic_load(&ctr_traps);
+    c->traps_helped = atomic_load(&ctr_traps_emulated);
+    c->traps_on_patcher = atomic_load(&ctr_traps_on_patcher);
+    c->stale_traps = atomic_load(&ctr_stale_traps);
+    c->slot_traps = atomic_load(&ctr_slot_traps);
+    c->batches = atomic_load(&ctr_batches);
+    c->sites_patched = atomic_load(&ctr_sites);
+    c->atomic_flips = atomic_load(&ctr_flips);
+    c->sync_failures = atomic_load(&ctr_sync_failures);
+    c->masks_stripped = ctr_masks_stripped;
+    c->slots = n_slots;
 }
 
-static PyObject *py_sync(PyObject *self, PyObject *unused)
+/* Index of the first site whose bytes are not its part of flat (16 bytes per site, as
+ * apply_batch's old/new), or -1 when every site matches.  What a group's recorded variant is
+ * checked against.  With an owner: -2, and nothing read, when that module was unregistered (its
+ * memory may be gone); the check and the reads are under the batch lock, so a retire_owner
+ * cannot come between them.  The batch lock's holders never wait for the GIL: taking it with
+ * the GIL held is safe, and cheap when no batch runs. */
+long pvrt_sites_match(const uint64_t *addrs, const uint8_t *lens, const uint8_t *flat, size_t n,
+                      uintptr_t owner)
 {
-    if (!membarrier_ok)
-        return core_oserror_errno(membarrier_errno, "membarrier");
-    if (core_sync() != 0)
-        return core_oserror("membarrier");
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_membarrier_status(PyObject *self, PyObject *unused)
-{
-    return Py_BuildValue("(Oi)", membarrier_ok ? Py_True : Py_False, membarrier_errno);
-}
-
-static PyObject *py_trap_counters(PyObject *self, PyObject *unused)
-{
-    return Py_BuildValue("{s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k,s:k}", "traps",
-                         atomic_load(&ctr_traps), "traps_helped", atomic_load(&ctr_traps_emulated),
-                         "traps_on_patcher", atomic_load(&ctr_traps_on_patcher), "stale_traps",
-                         atomic_load(&ctr_stale_traps), "slot_traps", atomic_load(&ctr_slot_traps),
-                         "batches", atomic_load(&ctr_batches), "sites_patched",
-                         atomic_load(&ctr_sites), "atomic_flips", atomic_load(&ctr_flips),
-                         "sync_failures", atomic_load(&ctr_sync_failures), "masks_stripped",
-                         ctr_masks_stripped, "slots", (unsigned long)n_slots);
-}
-
-/* sites_match(addrs, lens, flat, owner=0) -> index of the first site whose bytes are not its
- * part of flat (16 bytes per site, as apply_batch's old/new), or -1 when every site matches.
- * What the registry's record of a group's variant is checked against.  With an owner: -2, and
- * nothing read, when that module was unregistered (its memory may be gone); the check and the
- * reads are under the batch lock, so a retire_owner cannot come between them. */
-static PyObject *py_sites_match(PyObject *self, PyObject *args)
-{
-    Py_buffer addrs, lens, flat;
-    unsigned long long owner = 0;
-    if (!PyArg_ParseTuple(args, "y*y*y*|K", &addrs, &lens, &flat, &owner))
-        return NULL;
-    size_t n = (size_t)lens.len;
     long bad = -1;
-    if ((size_t)addrs.len != n * 8 || (size_t)flat.len != n * 16) {
-        PyErr_SetString(PyExc_TypeError, "sites_match: buffer sizes do not agree");
-    } else {
-        const uint64_t *pa = addrs.buf;
-        const uint8_t *pl = lens.buf, *pf = flat.buf;
-        /* The batch lock's holders never wait for the GIL: taking it with the GIL held is
-         * safe, and cheap when no batch runs. */
-        if (owner != 0)
-            pthread_mutex_lock(&batch_lock);
-        if (owner != 0 && owner_retired((uintptr_t)owner))
-            bad = -2;
-        else
-            for (size_t i = 0; i < n; i++)
-                if (pl[i] > 16 || memcmp((const void *)(uintptr_t)pa[i], pf + 16 * i, pl[i]) != 0) {
-                    bad = (long)i;
-                    break;
-                }
-        if (owner != 0)
-            pthread_mutex_unlock(&batch_lock);
-    }
-    PyBuffer_Release(&addrs);
-    PyBuffer_Release(&lens);
-    PyBuffer_Release(&flat);
-    return PyErr_Occurred() ? NULL : PyLong_FromLong(bad);
+    if (owner != 0)
+        pthread_mutex_lock(&batch_lock);
+    if (owner != 0 && owner_retired(owner))
+        bad = -2;
+    else
+        for (size_t i = 0; i < n; i++)
+            if (lens[i] > 16 || memcmp((const void *)(uintptr_t)addrs[i], flat + 16 * i, lens[i]) != 0) {
+                bad = (long)i;
+                break;
+            }
+    if (owner != 0)
+        pthread_mutex_unlock(&batch_lock);
+    return bad;
 }
-
-/* read(addr, n) -> bytes */
-static PyObject *py_read(PyObject *self, PyObject *args)
-{
-    unsigned long long addr;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "Kn", &addr, &n))
-        return NULL;
-    return PyBytes_FromStringAndSize((const char *)(uintptr_t)addr, n);
-}
-
-PyMethodDef core_poke_methods[] = {
-    {"apply_batch", (PyCFunction)(void (*)(void))py_apply_batch, METH_VARARGS | METH_KEYWORDS,
-     "Apply one batch of site writes with the int3 protocol."},
-    {"install_trap_handler", py_install_trap_handler, METH_NOARGS,
-     "Install the SIGTRAP handler (chaining to the previous one) unless it is already there."},
-    {"text_segment", py_text_segment, METH_O, "Executable segment holding an address."},
-    {"register_text", py_register_text, METH_VARARGS, "Make text a code range pvpatch writes."},
-    {"map_code", py_map_code, METH_VARARGS, "Fresh r-x code memory; returns its address."},
-    {"write_code", py_write_code, METH_VARARGS, "Write bytes into a code range (no protocol)."},
-    {"writer_status", py_writer_status, METH_NOARGS, "The writer's path and counters."},
-    {"add_known_sites", py_add_known_sites, METH_VARARGS, "Register site start addresses."},
-    {"retire_owner", py_retire_owner, METH_O, "Forget a module's sites (unregister)."},
-    {"retired", py_retired, METH_NOARGS, "(generation, owners whose sites are retired)."},
-    {"retire_gen", py_retire_gen, METH_NOARGS, "How many retirements so far."},
-    {"sync", py_sync, METH_NOARGS, "membarrier SYNC_CORE."},
-    {"membarrier_status", py_membarrier_status, METH_NOARGS, "(registered, errno)."},
-    {"trap_counters", py_trap_counters, METH_NOARGS, "Trap handler counters."},
-    {"read", py_read, METH_VARARGS, "Read bytes from memory."},
-    {"sites_match", py_sites_match, METH_VARARGS, "First site not holding the given bytes."},
-    {NULL, NULL, 0, NULL},
-};

@@ -1,93 +1,226 @@
 """pvpatch.auto(): the guest side in one call.
 
-    notifier thread ──HintState──> policy thread ──Decision──> worker thread ──> runtime_patch
+    agent thread (C, _core/agent.c):  hint page ──> policy ──> apply ──> runtime_patch
+                                       (R1-R5)      (dwell,    (Python, with the GIL: the
+                                                     settle,    patch call, the event, the
+                                                     judge)     metrics, the callbacks)
 
-The notifier sleeps on the page's generation futex; the policy thread turns observations into
-decisions, and wakes at the policy's deadlines to take changes that dwell or settle held back;
-the worker applies them.  Data flows one way; each hand-off is a one-slot mailbox that keeps the
-newest item, because only the latest state of the hints matters.
+One thread, written in C, does what a guest without Python does too (the preload library runs
+the same code): it sleeps on the page's generation futex, reads and validates a snapshot, feeds
+the policy, and applies a decision at once by calling back into Python, which runs `patch` and
+records the SwitchEvent.  No hand-off between threads lies between a publication and the switch,
+and the GIL is taken only to switch and to record what was seen.  A refused switch is retried by
+the agent with backoff (50 ms doubling up to 5 s) while it stays what the policy wants.
 
 Until the first observation nothing is patched; the first observation decides at once (a
 missing page means the safe variant).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 import time
 
 from ..errors import PvpatchError
-from . import trust
+from . import abi, trust
 from .metrics import (DEFAULT_ADDR, GuestMetrics, MetricsError, MetricsServer, check_port,
                       check_textfile)
 from .policy import DEFAULT_GROUPS, Decision, Policy, PolicyError
 from .reader import HintState
-from .subscriber import Notifier
-from .supervise import ErrorEvent, Errors, Supervised
-from .worker import SwitchEvent, Worker
+from .supervise import ErrorEvent, Errors
+from .worker import SwitchEvent
+
+log = logging.getLogger("pvpatch.hints")
 
 
 class AutoError(PvpatchError, ValueError):
     """Bad arguments to auto(), or it could not start; the message names which."""
 
 
-class _PolicyThread(Supervised):
-    component = "policy"
+class _Agent:
+    """The C agent thread and what Python keeps of it: observations, decisions, switch events.
 
-    def __init__(self, policy: Policy, worker: Worker, name: str = "pvpatch-hints-policy",
-                 errors: Errors | None = None):
-        super().__init__(name, errors)
+    Its callbacks run on the agent's thread with the GIL; nothing raised in them reaches C
+    (an exception would become a refused switch): every unexpected one is reported."""
+
+    component = "agent"
+
+    def __init__(self, path: str | None, policy: Policy, patch, *, poll_s: float,
+                 publisher_uid: int | None, on_event, errors: Errors, metrics,
+                 max_events: int = 10000):
+        self.path = os.fspath(path) if path else abi.DEFAULT_PATH
         self.policy = policy
-        self.worker = worker
+        self.patch = patch
+        self.poll_s = poll_s
+        self.publisher_uid = publisher_uid
+        self.on_event = on_event
+        self.errors = errors
+        self.metrics = metrics
+        self.groups = policy.groups
+        self.max_events = max_events
+        self.events: list[SwitchEvent] = []
         self.decisions: list[Decision] = []
-        self._slot: HintState | None = None
+        self.in_force: dict[str, str] = {}
+        self.failures = 0
+        self.retries = 0
+        self.restarts = 0          # callbacks that raised SystemExit/KeyboardInterrupt
+        self.observations = 0
+        self.warnings = 0
+        self.last: HintState | None = None
+        self._warned = False
+        self._pending = False      # a decision not yet applied successfully
+        self._last_ok = False
         self._cv = threading.Condition()
+        self._c = None
 
-    def offer(self, st: HintState) -> None:
-        """Notifier callback: keep the newest observation."""
-        with self._cv:
-            self._slot = st
-            self._cv.notify()
+    def start(self) -> "_Agent":
+        from .. import _core
+        try:
+            self._c = _core.Agent(self.path, self.policy._c, float(self.poll_s), self._apply,
+                                  self._observe, publisher_uid=self.publisher_uid,
+                                  stack_size=threading.stack_size())
+        except OSError as e:  # pthread_create: EAGAIN, ENOMEM
+            raise RuntimeError(f"can't start new thread: {e.strerror}") from e
+        return self
 
-    def wake(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._c is not None and self._c.alive
+
+    @property
+    def pending(self) -> bool:
+        """A decision not yet applied successfully (running or waiting to retry)."""
         with self._cv:
+            return self._pending
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after the switch in progress (the variant in force stays)."""
+        if self._c is not None:
+            self._c.stop()
+
+    def wait_events(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` events are recorded; False on timeout."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while len(self.events) < n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    # --- callbacks from the agent's thread -------------------------------------------------
+
+    def _state(self, status: str, problem: str, page: bytes | None, seen_ns: int,
+               cause_ns: int | None) -> HintState:
+        if page is None:
+            return HintState(self.path, False, False, problem, seen_ns, kind=status)
+        return HintState(self.path, True, status in ("stale", "stopped"), problem, seen_ns,
+                         abi.decode(page), cause_ns=cause_ns)
+
+    def _observe(self, status, problem, page, seen_ns, cause_ns) -> None:
+        try:
+            st = self._state(status, problem, page, seen_ns, cause_ns)
+            if not st.usable and not self._warned:
+                log.warning("hint page %s: %s; using the safe default (no hints)", self.path,
+                            st.problem)
+                self._warned = True
+                self.warnings += 1
+            elif st.usable and self._warned:
+                log.warning("hint page %s: usable again (publisher pid %d, generation %d)",
+                            self.path, st.page.publisher_pid, st.page.generation)
+                self._warned = False
+            self.last = st
+            self.observations += 1
+            if self.metrics is not None:
+                self.metrics.observed(st.status)
+        except BaseException as e:  # noqa: B036 - nothing may reach the C thread
+            self.errors.report("notifier", e, "observation skipped")
+
+    def _apply(self, mode, reason, attempt, status, problem, page, seen_ns, cause_ns):
+        """Switch every group to `mode`'s variant; None for success, else the error."""
+        try:
+            return self._switch(mode, reason, attempt, status, problem, page, seen_ns, cause_ns)
+        except BaseException as e:  # noqa: B036 - a SystemExit from a callback included
+            self.restarts += 1
+            self.errors.report("worker", e, "loop restarted")
+            return None if self._last_ok else f"{type(e).__name__}: {e}"
+
+    def _switch(self, mode, reason, attempt, status, problem, page, seen_ns, cause_ns):
+        # The patch call first: everything it does not need is built after it, off the path
+        # from the publication to the switch.
+        decided = time.monotonic_ns()
+        variants = self.policy.variants(mode)
+        self._last_ok = False
+        with self._cv:
+            self._pending = True
+        ok, error, patch_event = False, "", None
+        try:
+            patch_event = self.patch(dict(variants))
+            ok = True
+        except PvpatchError as e:
+            # The variant in force stays what it was (a refused batch changes nothing); the
+            # agent retries with backoff.  Hints are advisory: this costs throughput, not safety.
+            error = f"{type(e).__name__}: {e}"
+            log.warning("hint agent: switching to %s failed (attempt %d): %s; retrying",
+                        variants, attempt, error)
+        except Exception as e:  # not pvpatch's own: a bug or the environment; same stance
+            error = f"unexpected {type(e).__name__}: {e}"
+            self.errors.report("worker", e, f"switch to {variants} retried")
+        done = time.monotonic_ns()
+        st = self._state(status, problem, page, seen_ns, cause_ns)
+        if attempt == 1:
+            self.decisions.append(Decision(mode, variants, reason, self.policy.last_switch, st))
+            if len(self.decisions) > self.max_events:
+                del self.decisions[: len(self.decisions) - self.max_events]
+        else:
+            self.retries += 1
+        p = st.page if st.valid else None
+        # Only a publication causes a switch: a page that went stale or missing published
+        # nothing, so there is no publication time to measure from.  After a period without
+        # usable hints, the cause is the first fresh page (agent.c: cause_ns).
+        caused = p is not None and (st.usable or p.state == abi.STATE_STOPPED)
+        ev = SwitchEvent(
+            variants=variants, mode=mode, reason=reason,
+            generation=p.generation if p else None,
+            published_ns=st.cause_ns if caused else None, seen_ns=st.seen_ns,
+            decided_ns=decided, attempt=attempt, ok=ok, error=error, patch_event=patch_event)
+        ev.done_ns = done
+        self._last_ok = ev.ok
+        if ev.ok:
+            self.in_force.update(variants)
+        else:
+            self.failures += 1
+        with self._cv:
+            self._pending = not ev.ok
+            self.events.append(ev)
+            if len(self.events) > self.max_events:
+                del self.events[: len(self.events) - self.max_events]
             self._cv.notify_all()
-
-    def stop(self, timeout: float) -> None:
-        self.request_stop()
-        self.join(timeout, "hint policy thread")
-
-    def loop(self) -> None:
-        p = self.policy
-        while True:
-            with self._cv:
-                while self._slot is None and not self.stopping:
-                    due = p.deadline()
-                    if due is not None and p.clock() >= due:
-                        break
-                    self._cv.wait(None if due is None else max(0.0, due - p.clock()))
-                if self.stopping:
-                    return
-                st, self._slot = self._slot, None
-            d = p.observe(st) if st is not None else p.poll()
-            if d is not None:
-                self.decisions.append(d)
-                if len(self.decisions) > 10000:
-                    del self.decisions[:-10000]
-                self.worker.submit(d)
+        if self.metrics is not None:
+            try:
+                self.metrics.switched(ev, self.in_force, self.groups, not ev.ok)
+            except Exception as e:
+                self.errors.report("metrics", e, "metrics not updated")
+        if self.on_event is not None:
+            try:
+                self.on_event(ev)
+            except Exception as e:
+                self.errors.report("on_event", e, "callback skipped")
+        return None if ev.ok else ev.error
 
 
 class AutoHandle:
     """What auto() returns: stop() it when done (or use it as a context manager)."""
 
-    def __init__(self, notifier: Notifier, policy_thread: _PolicyThread, worker: Worker,
-                 errors: Errors, metrics: GuestMetrics | None = None,
+    def __init__(self, agent: _Agent, errors: Errors, metrics: GuestMetrics | None = None,
                  metrics_server: MetricsServer | None = None):
-        self.notifier = notifier
-        self.policy = policy_thread.policy
-        self._policy_thread = policy_thread
-        self.worker = worker
+        self.agent = agent
+        self.notifier = agent     # the observations (`last`, `observations`, `warnings`)
+        self.worker = agent       # the switches (`events`, `retries`, `failures`, `in_force`)
+        self.policy = agent.policy
         self._errors = errors
         self.metrics = metrics
         self.metrics_server = metrics_server
@@ -97,21 +230,22 @@ class AutoHandle:
     def events(self) -> list[SwitchEvent]:
         """Switch attempts so far (newest last); a failed one has ok False and an error, and
         is followed by its retries (attempt 2, 3, ...)."""
-        return list(self.worker.events)
+        with self.agent._cv:
+            return list(self.agent.events)
 
     @property
     def errors(self) -> list[ErrorEvent]:
-        """Unexpected exceptions caught in the agent's threads (each thread went on)."""
+        """Unexpected exceptions caught in the agent's callbacks (the agent went on)."""
         return list(self._errors.events)
 
     @property
     def decisions(self) -> list[Decision]:
-        return list(self._policy_thread.decisions)
+        return list(self.agent.decisions)
 
     @property
     def state(self) -> HintState | None:
         """The latest observation of the hint page."""
-        return self.notifier.last
+        return self.agent.last
 
     @property
     def mode(self) -> str | None:
@@ -120,44 +254,41 @@ class AutoHandle:
     @property
     def in_force(self) -> dict[str, str]:
         """Variants of the last successful switch."""
-        return dict(self.worker.in_force)
+        return dict(self.agent.in_force)
 
     @property
     def settled(self) -> bool:
         """The variants in force are what the policy wants: nothing pending or being retried."""
         want = self.policy.mode
-        return (want is not None and not self.worker.pending
-                and self.worker.in_force == self.policy.variants(want))
+        return (want is not None and not self.agent.pending
+                and self.agent.in_force == self.policy.variants(want))
 
     @property
     def alive(self) -> bool:
-        return self.notifier.alive and self._policy_thread.alive and self.worker.alive
+        return self.agent.alive
 
     @property
     def metrics_url(self) -> str | None:
         return self.metrics_server.url if self.metrics_server else None
 
     def health(self) -> dict:
-        """One dict for a status line: threads, errors, retries, what the page looks like."""
-        st = self.notifier.last
+        """One dict for a status line: the thread, errors, retries, what the page looks like."""
+        st = self.agent.last
         return {"alive": self.alive, "errors": self._errors.total,
-                "restarts": {t.component: t.restarts
-                             for t in (self.notifier, self._policy_thread, self.worker)},
-                "switch_failures": self.worker.failures, "retries": self.worker.retries,
+                "restarts": {"agent": self.agent.restarts},
+                "switch_failures": self.agent.failures, "retries": self.agent.retries,
                 "page": st.status if st else None, "problem": st.problem if st else None,
                 "mode": self.policy.mode, "in_force": self.in_force, "settled": self.settled}
 
     def wait_events(self, n: int, timeout: float) -> bool:
-        return self.worker.wait_events(n, timeout)
+        return self.agent.wait_events(n, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop all threads; TimeoutError names the one that would not stop.  The variant in
-        force stays as it is."""
+        """Stop the agent (after the switch in progress) and the metrics server.  The variant
+        in force stays as it is."""
         if self.stopped:
             return
-        end = time.monotonic() + timeout
-        _stop_all(self.notifier, self._policy_thread, self.worker, self.metrics_server,
-                  lambda: max(0.1, end - time.monotonic()))
+        _stop_all(self.agent, self.metrics_server)
         self.stopped = True
 
     def __enter__(self):
@@ -167,11 +298,10 @@ class AutoHandle:
         self.stop()
 
 
-def _stop_all(notifier, policy_thread, worker, server, left) -> None:
-    """Stop whatever was started, in data-flow order; raise the first failure after trying all."""
+def _stop_all(agent, server) -> None:
+    """Stop whatever was started; raise the first failure after trying all."""
     first = None
-    for stop in (lambda: notifier.stop(left()), lambda: policy_thread.stop(left()),
-                 lambda: worker.stop(left()), lambda: server and server.close()):
+    for stop in (lambda: agent.stop(), lambda: server and server.close()):
         try:
             stop()
         except Exception as e:
@@ -192,7 +322,7 @@ def auto(hints_path: str | None = None, *, groups: dict[str, tuple[str, str]] | 
          poll_s: float = 0.5, policy: Policy | None = None, publisher_uid: int | None = None,
          metrics_port: int | None = None, metrics_addr: str = DEFAULT_ADDR,
          metrics_textfile: str | None = None, on_error=None) -> AutoHandle:
-    """Start the guest side: follow the hint page at `hints_path` (default abi.DEFAULT_PATH) and
+    """Start the guest agent (one thread, agent.c): follow the hint page at `hints_path` (default abi.DEFAULT_PATH) and
     switch `groups` ({group: (fast variant, safe variant)}, default {"lock": ("native", "pv")})
     with `patch` (default pvpatch.runtime_patch).
 
@@ -240,22 +370,16 @@ def auto(hints_path: str | None = None, *, groups: dict[str, tuple[str, str]] | 
     if metrics_port is not None or metrics_textfile is not None:
         metrics = GuestMetrics(policy.groups, metrics_textfile)
     errors = Errors(on_error, metrics)
-    worker = Worker(patch, on_event=on_event, errors=errors, metrics=metrics,
-                    groups=policy.groups)
-    pt = _PolicyThread(policy, worker, errors=errors)
-    notifier = Notifier(hints_path, pt.offer, poll_s=poll_s, publisher_uid=publisher_uid,
-                        errors=errors, metrics=metrics)
+    agent = _Agent(hints_path, policy, patch, poll_s=poll_s, publisher_uid=publisher_uid,
+                   on_event=on_event, errors=errors, metrics=metrics)
     server = None
     try:
-        # Consumers first, so that nothing produced is dropped; the notifier last.
-        worker.start()
-        pt.start()
-        notifier.start()
         if metrics_port is not None:
             server = MetricsServer(metrics.registry, metrics_port, metrics_addr)
+        agent.start()
     except BaseException as e:
         try:
-            _stop_all(notifier, pt, worker, server, lambda: 5.0)
+            _stop_all(agent, server)
         except Exception:
             pass
         if isinstance(e, PvpatchError):
@@ -266,4 +390,4 @@ def auto(hints_path: str | None = None, *, groups: dict[str, tuple[str, str]] | 
         raise
     if metrics is not None:
         metrics.flush()
-    return AutoHandle(notifier, pt, worker, errors, metrics, server)
+    return AutoHandle(agent, errors, metrics, server)

@@ -7,7 +7,9 @@ process follows the page:
   mode "notify": a Notifier; latency = seen_ns (the guest holds a consistent, validated snapshot
                  of the new generation) - changed_ns (the publisher moved the generation);
   mode "switch": pvpatch.auto() with runtime_patch on `group` (min dwell 0 so that every flip
-                 switches); latency = done_ns (runtime_patch returned) - changed_ns.
+                 switches); latency = done_ns (runtime_patch returned) - changed_ns.  The
+                 same switches measured up to seen_ns (the agent thread, in C, holds the
+                 validated snapshot) are reported as "seen".
 
 Both clocks are CLOCK_MONOTONIC of one machine, so the differences are meaningful across the two
 processes.  Generations that the guest coalesced (two flips before it looked) are not counted.
@@ -96,6 +98,10 @@ def measure(samples: int = 200, spacing_s: float = 0.01, mode: str = "notify",
     if lat:
         res.update(p50_us=_pct(lat, 0.50) / 1e3, p99_us=_pct(lat, 0.99) / 1e3,
                    max_us=lat[-1] / 1e3, min_us=lat[0] / 1e3)
+    seen = sorted(out.get("seen_ns", []))
+    if seen:  # the same switches, up to the agent's validated snapshot (its notification)
+        res["seen"] = {"p50_us": _pct(seen, 0.50) / 1e3, "p99_us": _pct(seen, 0.99) / 1e3,
+                       "max_us": seen[-1] / 1e3}
     res["command"] = (f"python -m pvpatch.hints.latency --mode {mode} --samples {samples} "
                       f"--spacing {spacing_s:g}" + (f" --group {group}" if group else ""))
     return res
@@ -104,6 +110,7 @@ def measure(samples: int = 200, spacing_s: float = 0.01, mode: str = "notify",
 def _child(path: str, mode: str, samples: int, group: str | None) -> int:
     """The guest process: follow the page, print "ready", then one JSON line at the end."""
     lat: list[int] = []
+    seen: list[int] = []  # switch mode: publication -> the agent holds the snapshot
     errors: list[str] = []
     done = threading.Event()
     ready = threading.Event()
@@ -137,6 +144,7 @@ def _child(path: str, mode: str, samples: int, group: str | None) -> int:
                 seen_gens.add(ev.generation)
                 if ready.is_set():
                     lat.append(ev.done_ns - ev.published_ns)
+                    seen.append(ev.seen_ns - ev.published_ns)
             ready.set()
         handle = auto(path, groups={group: ("native", "pv")}, min_dwell_s=0.0,
                       on_event=on_event)
@@ -155,7 +163,7 @@ def _child(path: str, mode: str, samples: int, group: str | None) -> int:
     print("ready", flush=True)
     done.wait(60)
     stop()
-    print(json.dumps({"latencies_ns": lat, "errors": errors}), flush=True)
+    print(json.dumps({"latencies_ns": lat, "seen_ns": seen, "errors": errors}), flush=True)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-import time
 
 from ..errors import SyscallError
 from . import abi
@@ -98,30 +97,11 @@ def snapshot(fd: int, length: int) -> tuple[bytes, int]:
 
     Raises HintPageError when the file is too short or no consistent copy came within
     SNAPSHOT_TRIES."""
-    # Not a page at all (garbage, zeros, another file): say so rather than wait for its
-    # "seqcount" to turn even.  The magic is written once and never changes.
-    magic = os.pread(fd, 4, 0)
-    if len(magic) < 4:
-        raise abi.HintPageError("size", f"file holds {len(magic)} bytes (truncated)")
-    if int.from_bytes(magic, "little") != abi.MAGIC:
-        raise abi.HintPageError("magic", f"{int.from_bytes(magic, 'little'):#010x}, expected "
-                                         f"{abi.MAGIC:#010x} ('PVHT')")
-    for tries in range(1, SNAPSHOT_TRIES + 1):
-        s1 = os.pread(fd, 4, abi.OFF_SEQCOUNT)
-        if len(s1) < 4:
-            raise abi.HintPageError("size", "file ends before the seqcount (truncated)")
-        if not s1[0] & 1:
-            buf = os.pread(fd, length, 0)
-            if len(buf) < length:
-                raise abi.HintPageError("size", f"file holds {len(buf)} bytes, the page needs "
-                                                f"{length} (truncated)")
-            s2 = os.pread(fd, 4, abi.OFF_SEQCOUNT)
-            if s1 == s2:
-                return buf, tries
-        if tries > 10:
-            time.sleep(0)  # the writer may be preempted mid-write: let it run
-    raise abi.HintPageError("seqcount", f"no consistent snapshot in {SNAPSHOT_TRIES} tries "
-                                        "(a publisher died mid-write, or the page is forged)")
+    from .. import _core
+    ok, a, b = _core.hint_snapshot(fd, length)  # agent.c: pvagent_snapshot, R1-R3 above
+    if not ok:
+        raise abi.HintPageError(a, b)
+    return a, b
 
 
 class Mapping:

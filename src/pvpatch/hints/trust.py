@@ -47,16 +47,12 @@ def _who(uid: int) -> str:
 
 
 def page_problem(st: os.stat_result, trusted: frozenset[int]) -> str:
-    """Why a guest must not trust the page file with stat `st` ("" if it may)."""
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid not in trusted:
-        return (f"untrusted: owned by {_who(st.st_uid)}, not by "
-                + " or ".join(_who(u) for u in sorted(trusted)))
-    if st.st_mode & 0o022:
-        return (f"untrusted: writable by group or others (mode {stat.S_IMODE(st.st_mode):#o}), "
-                "so anyone could have written it")
-    return ""
+    """Why a guest must not trust the page file with stat `st` ("" if it may).
+
+    The rule's one implementation is the C agent's (pvagent_trust_problem in _core/agent.c),
+    which guests without Python run too."""
+    from .. import _core
+    return _core.hint_trust(st.st_mode, st.st_uid, sorted(trusted))
 
 
 def own_file_problem(st: os.stat_result, what: str, mode: int) -> str:
