@@ -15,10 +15,13 @@ RT_SOURCES = [
     "src/pvpatch/_core/writer.c",
     "src/pvpatch/_core/cpuid.c",
     "src/pvpatch/_core/masks.c",
+    "src/pvpatch/_core/plan.c",
+    "src/pvpatch/_core/rt.c",
 ]
 CORE_SOURCES = RT_SOURCES + [
     "src/pvpatch/_core/module.c",
     "src/pvpatch/_core/poke_py.c",
+    "src/pvpatch/_core/rt_py.c",
     "src/pvpatch/_core/selftest_sites.c",
     "src/pvpatch/_core/selftest.c",
     "src/pvpatch/_core/cpuid_py.c",

@@ -29,6 +29,11 @@ def test_bench_patch_with_threads_reports_every_load_and_three_syncs():
         assert r["busy_failures"] == 0, r
         assert r["atomic_flips_per_batch"] >= 0
         assert (r["busy_calls"] > 0) == (r["load"] == "busy"), r
+        if os.path.exists("/proc/thread-self/schedstat"):
+            # each call's wait for a CPU is part of its wall time, never more
+            assert 0 <= r["runq_wait_median_ms"] <= r["runq_wait_p99_ms"], r
+            assert r["running_median_ms"] <= r["median_ms"] + 1e-9, r
+            assert r["running_p99_ms"] <= r["p99_ms"] + 1e-9, r
     # Whether the busy threads ran into a batch depends on the scheduler (2 CPUs, and whatever
     # else runs): counted, not asserted here (tests/test_selftest_hostile.py insists on it).
     assert all(r["traps_per_batch"] >= 0 for r in rows)

@@ -36,11 +36,12 @@ def _unlock_sites_inline():
 
 
 def _interrupt_after_batch(n, fn):
-    """Run fn(); deliver SIGINT when the n-th apply_batch call (1-based) returns."""
+    """Run fn(); deliver SIGINT when the n-th batch call (1-based) returns."""
     seen = [0]
 
     def prof(frame, event, arg):
-        if event == "c_return" and arg is _core.apply_batch:
+        # A batch's C call: the C runtime's switch (batch and commit), or a bare batch.
+        if event == "c_return" and (arg is _core.rt_switch or arg is _core.apply_batch):
             seen[0] += 1
             if seen[0] == n:
                 signal.pthread_kill(threading.get_ident(), signal.SIGINT)

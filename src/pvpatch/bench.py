@@ -2,7 +2,9 @@
 
 patch: runtime_patch over generated sites (10 .. 10,000), whole call and the C batch alone, and
 the syncs each batch took; with threads, also with idle threads and with busy threads trapping
-on the sites being patched.  Other suites (hints) register themselves in SUITES.
+on the sites being patched.  Each call's time waiting for a CPU (the scheduler's run delay) is
+measured too: with more runnable threads than CPUs, "ran" (wall minus that wait) is what the
+patcher itself took.  Other suites (hints) register themselves in SUITES.
 """
 from __future__ import annotations
 
@@ -19,6 +21,16 @@ def suite(name: str):
         SUITES[name] = fn
         return fn
     return deco
+
+
+def _runq_wait_ns() -> int | None:
+    """Time this thread has spent runnable but waiting for a CPU (the scheduler's run delay,
+    /proc/thread-self/schedstat, second field), or None where the kernel does not say."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -53,16 +65,20 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
             _GENERATED[group] = g
         for load, busy, idle in loads:
             fns = _GENERATED[group].functions if busy else []
-            wall, batch, syncs, traps = [], [], set(), 0
+            wall, batch, waited, syncs, traps = [], [], [], set(), 0
             if busy or idle:
                 _core.bench_threads_start(fns, busy, idle)
             flips0 = _core.trap_counters()["atomic_flips"]
             try:
                 for i in range(repeat):
                     variant = ("pv", "alt", "native")[i % 3]
+                    w0 = _runq_wait_ns()
                     t0 = time.perf_counter()
                     ev = pvpatch.runtime_patch({group: variant})
                     wall.append(time.perf_counter() - t0)
+                    w1 = _runq_wait_ns()
+                    if w0 is not None and w1 is not None:
+                        waited.append((w1 - w0) / 1e9)
                     batch.append(sum(ev.batch_ns) / 1e9)
                     syncs.add(ev.syncs)
                     traps += ev.traps
@@ -78,6 +94,15 @@ def bench_patch(sizes=SIZES, repeat: int = 41, threads: int = 0, progress=None) 
                    "syncs_per_batch": sorted(syncs), "traps_per_batch": traps / repeat,
                    "atomic_flips_per_batch": flips / repeat,
                    "busy_calls": bt["calls"], "busy_failures": bt["failures"]}
+            if len(waited) == len(wall):
+                # How much of each call was spent waiting for a CPU (runnable, not running):
+                # with more runnable threads than CPUs, that is the scheduler's share of the
+                # tail, not the patcher's.  Both per call, so their difference is exact.
+                ran = [w - q for w, q in zip(wall, waited)]
+                row.update({"runq_wait_median_ms": statistics.median(waited) * 1e3,
+                            "runq_wait_p99_ms": _pct(waited, 0.99) * 1e3,
+                            "running_median_ms": statistics.median(ran) * 1e3,
+                            "running_p99_ms": _pct(ran, 0.99) * 1e3})
             res["rows"].append(row)
             if progress:
                 progress(row)
@@ -92,7 +117,7 @@ def format_patch(res: dict) -> str:
                    f"{res['loadavg_after'][0]:.2f} at end")
     out.append(f"{'sites':>7} {'load':>11} {'median ms':>10} {'p99 ms':>9} {'min ms':>9} "
                f"{'C batch ms':>11} {'syncs/batch':>12} {'traps/batch':>12} "
-               f"{'flips/batch':>12}")
+               f"{'flips/batch':>12} {'ran p99 ms':>11}")
     for r in res["rows"]:
         load = r.get("load", "alone")
         if r.get("threads"):
@@ -102,7 +127,8 @@ def format_patch(res: dict) -> str:
                    f"{r['batch_median_ms']:>11.3f} "
                    f"{','.join(map(str, r['syncs_per_batch'])):>12} "
                    f"{r.get('traps_per_batch', 0):>12.1f} "
-                   f"{r.get('atomic_flips_per_batch', 0):>12.1f}")
+                   f"{r.get('atomic_flips_per_batch', 0):>12.1f} "
+                   + (f"{r['running_p99_ms']:>11.3f}" if "running_p99_ms" in r else f"{'-':>11}"))
         if r.get("busy_failures"):
             out.append(f"        FAILURES: {r['busy_failures']} wrong results in "
                        f"{r['busy_calls']} site calls")

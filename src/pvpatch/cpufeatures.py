@@ -18,33 +18,10 @@ from . import _core
 from .descriptor import IMPL_NEEDS, feature_names
 from .errors import PvpatchError
 
-_XCR0_YMM = 0x6          # SSE and AVX state
-_XCR0_ZMM = 0xE6         # and opmask, ZMM_Hi256, Hi16_ZMM
-
-
 def _detect() -> int:
-    bits = 0
-    max_leaf = _core.cpuid(0)[0]
-    _, _, c1, _ = _core.cpuid(1)
-    if c1 & (1 << 23):
-        bits |= IMPL_NEEDS["popcnt"]
-    if c1 & (1 << 22):
-        bits |= IMPL_NEEDS["movbe"]
-    xcr0 = _core.xgetbv(0) if c1 & (1 << 27) else 0  # OSXSAVE: XGETBV is enabled
-    if max_leaf >= 7:
-        _, b7, _, _ = _core.cpuid(7, 0)
-        if b7 & (1 << 3):
-            bits |= IMPL_NEEDS["bmi1"]
-        if b7 & (1 << 8):
-            bits |= IMPL_NEEDS["bmi2"]
-        if b7 & (1 << 5) and xcr0 & _XCR0_YMM == _XCR0_YMM:
-            bits |= IMPL_NEEDS["avx2"]
-        if b7 & (1 << 16) and xcr0 & _XCR0_ZMM == _XCR0_ZMM:
-            bits |= IMPL_NEEDS["avx512f"]
-    if _core.cpuid(0x80000000)[0] >= 0x80000001:
-        if _core.cpuid(0x80000001)[2] & (1 << 5):
-            bits |= IMPL_NEEDS["lzcnt"]
-    return bits
+    """The IMPL_NEEDS bits of this CPU and OS, by the C runtime's detection (plan.c), the one
+    a process without Python uses too."""
+    return _core.cpu_features()
 
 
 _detected = _detect()
@@ -101,6 +78,7 @@ def _set_mask(mask: int):
             # follows what is in memory.
             if patcher.registry.effective == _detected & ~mask:
                 _masked = mask
+                _core.set_feature_mask(mask)  # what the C runtime renders with
 
 
 def mask_features(names) -> object:

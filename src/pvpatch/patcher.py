@@ -11,7 +11,6 @@ matters.  Each batch is all or nothing in C, with no Python code inside it.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import itertools
 import os
@@ -90,47 +89,11 @@ def _apply(entries: list[tuple[array, bytes, bytes, bytes]], hook: int = 0) -> d
     return res
 
 
-def _set_slots(group: str, variant: str) -> None:
-    """Point every op slot of `group` at `variant`'s implementation, in every module (each
-    written only if it does not hold that already: this is also how a stale slot is repaired)."""
-    for m in registry.modules:
-        for g in m.desc.groups:
-            if g.name != group:
-                continue
-            vi = g.variants.index(variant)
-            for op in g.ops:
-                if not op.slot:
-                    continue
-                fn = op.impls[vi].fn
-                if ctypes.c_void_p.from_address(op.slot).value == fn:
-                    continue
-                if op.slot_in_code:
-                    try:
-                        _core.write_code(op.slot, fn.to_bytes(8, "little"))
-                    except OSError as exc:
-                        raise syscall_error(exc) from None
-                else:
-                    ctypes.c_void_p.from_address(op.slot).value = fn
-
-
 # ---- the record of each group's variant ---------------------------------------------------
 
-def _holds(group: str, variant: str) -> bool:
-    """Whether every runtime site of `group`, in every module, holds `variant`'s rendering."""
-    for m in list(registry.modules):
-        t = m.tables.get(group)
-        if t is None:
-            continue
-        r = _core.sites_match(t.addrs, t.lens, t.by_variant[variant], m.owner)
-        if r == -2:      # unregistered in C meanwhile: its memory is not read
-            _forget(m)
-        elif r >= 0:
-            return False
-    return True
-
-
 def _reconcile(groups) -> None:
-    """Make the record of each group agree with its sites' bytes, and its slots with the record.
+    """Make the record of each group agree with its sites' bytes, and its slots with the record:
+    the C runtime's commit (rt.c), one call a group.
 
     The record is kept when the bytes hold it; otherwise the variant the bytes do hold becomes
     the record.  Bytes that hold no variant whole (a debugger's breakpoint in a site, a write
@@ -139,11 +102,10 @@ def _reconcile(groups) -> None:
         g = registry.groups.get(name)
         if g is None:
             continue
-        if not _holds(name, g.current):
-            found = next((v for v in g.variants if _holds(name, v)), None)
-            if found is not None:
-                g.current = found
-        _set_slots(name, g.current)
+        try:
+            g.current = _core.rt_reconcile(name)
+        except OSError as exc:  # an op slot in code that could not be written
+            raise syscall_error(exc) from None
 
 
 def _check_not_reentered(what: str) -> None:
@@ -185,6 +147,7 @@ def _forget(mod: Module) -> None:
     """Drop a module whose sites the C core has retired: no memory of it is read."""
     if mod in registry.modules:
         registry.modules.remove(mod)
+    _core.rt_owner_drop(mod.owner)
 
 
 def _drop_retired() -> None:
@@ -200,39 +163,47 @@ def _drop_retired() -> None:
     _retire_gen_seen = gen
 
 
-@contextlib.contextmanager
-def _modules_pinned():
+class _modules_pinned:
     """Hold a reference on every registered object for the duration (with _lock held), so that
     no dlclose can unmap a module's code between the check and the batch: a dlclose meanwhile
     only drops its caller's reference, and the object goes when we drop ours (after the batch,
     outside the batch lock).  An object no longer loaded, or loaded anew elsewhere, is retired
     in C and forgotten, before anything reads or writes its memory.  Module objects collected
-    meanwhile are unregistered here."""
-    _drop_retired()
-    handles = []
-    try:
-        for m in list(registry.modules):
-            if m.identity is None:
-                continue
-            h = _loaded(m.path)
-            if h:
-                handles.append(h)
-            if not h or _identity(h) != m.identity:
-                _core.retire_owner(m.owner)
-                _forget(m)
+    meanwhile are unregistered here.  The references are taken and dropped by one C call each
+    (_core.pin/unpin), whatever the number of modules; a process whose modules are all pvpatch's
+    own core or generated code takes none."""
+    __slots__ = ("handles",)
+
+    def __enter__(self):
         _drop_retired()
-        while _collected:
-            owner = _collected.popleft()
-            mod = next((m for m in registry.modules if m.owner == owner), None)
-            if mod is not None:
-                try:
-                    _unregister(mod)
-                except PvpatchError:
-                    pass  # e.g. a debugger's int3 in a site: it stays registered, and patched
-        yield
-    finally:
-        for h in handles:
-            _dlclose(h)
+        self.handles = b""
+        pinnable = [m for m in registry.modules if m.identity is not None]
+        if pinnable:
+            self.handles, gone = _core.pin([m.path for m in pinnable],
+                                           [m.identity for m in pinnable])
+            for i in gone:
+                _core.retire_owner(pinnable[i].owner)
+                _forget(pinnable[i])
+            _drop_retired()
+        try:
+            while _collected:
+                owner = _collected.popleft()
+                mod = next((m for m in registry.modules if m.owner == owner), None)
+                if mod is not None:
+                    try:
+                        _unregister(mod)
+                    except PvpatchError:
+                        pass  # e.g. a debugger's int3 in a site: it stays registered, patched
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.handles:
+            _core.unpin(self.handles)
+            self.handles = b""
+        return False
 
 
 def _unregister(mod: Module) -> None:
@@ -253,8 +224,7 @@ def _unregister(mod: Module) -> None:
                        b"".join(s.renderings[mod.boot_variants[s.group]].ljust(STRIDE, b"\0")
                                 for s in boot),
                        b"".join(s.renderings["default"].ljust(STRIDE, b"\0") for s in boot)))
-    for g in set(mod.tables) | set(mod.boot_variants):
-        _set_slots(g, registry.groups[g].current)  # what the default sites will call
+    _reconcile(set(mod.tables) | set(mod.boot_variants))  # what the default sites will call
     ev = PatchEvent(time.time(), {}, kind="unregister")
     res = _apply(pieces)
     _account(ev, res)
@@ -352,7 +322,6 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         mod.boot = boot
         mod.boot_variants = {s.group: start[s.group] for s in boot}
         mod.boot_bytes_dropped = desc.section_bytes.get("boot", 0)
-        mod.build_tables()
         # The module is recorded before its batch, so that no exception after the batch can
         # leave patched sites unrecorded (their variant is read from the bytes anyway); the
         # record is undone if the batch wrote nothing.
@@ -360,10 +329,13 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         registry.adopt_groups(desc)
         registry.modules.append(mod)
         try:
+            mod.build_tables()  # in the C runtime too, which needs the groups declared
+            mod.add_slots()
             res = _apply([(addrs, lens, default, flat(lambda s: start[s.group]))])
         except BaseException:
             if _core.sites_match(addrs.tobytes(), lens, default) == -1:  # nothing written
                 registry.modules.remove(mod)
+                _core.rt_owner_drop(owner)
                 _core.retire_owner(owner)  # its sites are not known any more either
                 for name in [g.name for g in desc.groups]:
                     if name in known_ops:
@@ -374,8 +346,7 @@ def register_desc(desc: ModuleDesc, *, text: tuple[int, int] | None = None,
         desc.boot = []
         _account(ev, res)
         ev.duration_s = time.perf_counter() - t0
-        for g in desc.groups:
-            _set_slots(g.name, registry.groups[g.name].current)
+        _reconcile([g.name for g in desc.groups])  # the record and the slots, from the bytes
         events.append(ev)
         return mod
 
@@ -416,31 +387,33 @@ def _account(ev: PatchEvent, res: dict) -> None:
     ev.traps_on_patcher += res["traps_on_patcher"]
     if res["sites"]:
         ev.batches += 1
-        ev.batch_ns.append(res["ns"])
+        # rt_switch's ns is the whole switch; its batch_ns, apply_batch's ns, the C batch alone
+        ev.batch_ns.append(res["batch_ns"] if "batch_ns" in res else res["ns"])
 
 
 def _plain(changes: dict[str, str], ev: PatchEvent, hook: int = 0) -> None:
-    """Move groups to variants in one batch and commit (the commit reads the bytes back)."""
-    _reconcile(changes)
-    pieces = []
-    for m in registry.modules:
-        for g, target in changes.items():
-            t = m.tables.get(g)
-            cur = registry.groups[g].current
-            if t is None or cur == target:
-                continue
-            pieces.append((t.addrs, t.lens, t.by_variant[cur], t.by_variant[target]))
+    """Move groups to variants in one batch and commit: the C runtime's switch (rt.c), which
+    reads the old bytes from the sites, applies one batch, and commits from the bytes it left
+    (slots included), whatever happened.  A group with no runtime site left (its modules
+    unregistered or unloaded) has no bytes to say what it is: the record moves, and a module
+    joining later is rendered to it."""
+    groups = list(changes)
+    reg = registry.groups
     try:
-        res = _apply(pieces, hook)
-        _account(ev, res)
-        for g, target in changes.items():
-            # A group with no runtime site left (its modules unregistered or unloaded) has no
-            # bytes to say what it is: the record moves, and a module joining later is
-            # rendered to it.
-            if not any(g in m.tables for m in registry.modules):
-                registry.groups[g].current = target
-    finally:
-        _reconcile(changes)  # the commit: whatever the bytes now hold
+        res = _core.rt_switch(groups, [changes[g] for g in groups], hook)
+    except BaseException as exc:
+        for g in groups:  # the record, as the C commit left it
+            reg[g].current = _core.rt_current(g) or reg[g].current
+        if isinstance(exc, ValueError):
+            raise BatchRefused(exc.args[0] if exc.args else str(exc)) from None
+        if isinstance(exc, OSError):
+            raise syscall_error(exc) from None
+        raise
+    for g, was, now in zip(groups, res["from"], res["now"]):
+        reg[g].current = now  # the commit, from the bytes
+        if was != changes[g]:
+            ev.changes.setdefault(g, (was, changes[g]))
+    _account(ev, res)
     if res.get("late_sync_errno"):
         # Sync #3 failed after the sites were whole and new: committed (the bytes say so), and
         # said.
@@ -484,21 +457,26 @@ def _runtime_patch(changes: Mapping[str, str], hook: int = 0) -> PatchEvent:
     _check_not_reentered("runtime_patch")
     try:
         with _lock, _modules_pinned():
+            groups = registry.groups
             for g, v in changes.items():
-                registry.group(g).check_variant(v)
-            _reconcile(changes)
-            staged = {g: v for g, v in changes.items() if registry.groups[g].current != v}
-            ev = PatchEvent(time.time(), {g: (registry.groups[g].current, v)
-                                          for g, v in staged.items()})
+                grp = groups.get(g)
+                if grp is None or v not in grp.variants:
+                    registry.group(g).check_variant(v)  # raises, naming what is unknown
+            ev = PatchEvent(time.time(), {})
             t0 = time.perf_counter()
-            owned = {g: v for g, v in changes.items() if g in _transitions}
-            plain = {g: v for g, v in staged.items() if g not in _transitions}
+            # Plain groups: one C switch, which reads what each group holds from its bytes and
+            # commits from them (no batch for a group already there; its slots are repaired).
+            plain = {g: v for g, v in changes.items() if g not in _transitions}
             if plain:
                 _plain(plain, ev, hook)
-            for g, v in owned.items():
+            for g, v in changes.items():
+                if g not in _transitions:
+                    continue
                 _reconcile([g])
-                _transitions[g](registry.groups[g].current, v,
-                                lambda variant, g=g: _plain({g: variant}, ev))
+                cur = groups[g].current
+                if cur != v:
+                    ev.changes[g] = (cur, v)
+                _transitions[g](cur, v, lambda variant, g=g: _plain({g: variant}, ev))
             ev.duration_s = time.perf_counter() - t0
             events.append(ev)
             return ev

@@ -11,7 +11,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field
 
-from . import cpufeatures as features, x86
+from . import _core, cpufeatures as features, x86
 from .descriptor import (F_BOOT, F_NOINLINE, GroupDesc, Impl, ModuleDesc, SiteRecord,
                          feature_names)
 from .errors import RegistryError, SiteError
@@ -19,19 +19,14 @@ from .errors import RegistryError, SiteError
 STRIDE = 16  # bytes per site in the flat rendering buffers (a site is at most 15)
 
 # Templates that ship with pvpatch (its C core) and are accepted without a decoder, with their
-# disassembly (capstone, AT&T syntax).  The suite checks, with capstone, that these are exactly
-# the core's templates and that each follows the template ABI (tests/test_templates.py).  Safety
-# is a property of the bytes alone, so the table is keyed by them.  Any other template needs capstone (the extra pvpatch[disasm]) to be
-# checked; without it, its sites render as calls to the implementation's function.
-SHIPPED_TEMPLATES = {
-    bytes.fromhex("b803100000"): "movl $0x1003, %eax",            # selftest.value, alt
-    bytes.fromhex("488d0437"): "leaq (%rdi, %rsi), %rax",           # selftest.add, bench_call
-    bytes.fromhex("48b84444333322221111"): "movabsq $0x1111222233334444, %rax",  # selftest.wide
-    bytes.fromhex("48830702"): "addq $2, (%rdi)",                   # selftest.mark, alt
-    bytes.fromhex("c60700"): "movb $0, (%rdi)",                     # lock.unlock, native
-    bytes.fromhex("f3480fb8c7"): "popcntq %rdi, %rax",              # bits.popcount
-    bytes.fromhex("f3480fbdc7"): "lzcntq %rdi, %rax",               # bits.clz
-}
+# disassembly (capstone, AT&T syntax): the C runtime's table (src/pvpatch/_core/plan.c), which
+# also renders them.  The suite checks, with capstone, that these are exactly the core's
+# templates and that each follows the template ABI (tests/test_templates.py).  Safety is a
+# property of the bytes alone, so the table is keyed by them.  Any other template needs capstone
+# (the extra pvpatch[disasm]) to be checked; without it, its sites render as calls to the
+# implementation's function.  A template capstone checked is marked trusted in the C runtime as
+# well (_core.trust_template), for the modules it registers itself.
+SHIPPED_TEMPLATES = _core.shipped_templates()
 UNCHECKED = ("template not checked: capstone is not installed (pip install "
              "'pvpatch[disasm]'), so the site calls the function")
 
@@ -140,17 +135,33 @@ class Module:
     identity: tuple[int, int] | None = None  # the loaded object's (l_addr, l_ld), if pinnable
 
     def build_tables(self) -> None:
+        """The flat tables of each group, here and in the C runtime (rt.c), which switches
+        them: every variant in the group's order, then the default."""
         by_group: dict[str, list[Site]] = {}
         for s in self.sites:
             by_group.setdefault(s.group, []).append(s)
         self.tables = {}
         for g, sites in by_group.items():
             variants = sites[0].renderings.keys()
-            self.tables[g] = GroupTable(
+            t = self.tables[g] = GroupTable(
                 array("Q", [s.addr for s in sites]),
                 bytes(s.length for s in sites),
                 {v: b"".join(s.renderings[v].ljust(STRIDE, b"\0") for s in sites)
                  for v in variants})
+            ops = sorted({s.op for s in sites})
+            _core.rt_table_set(self.owner, self.name, g, ops, t.addrs.tobytes(), t.lens,
+                               bytes(ops.index(s.op) for s in sites),
+                               array("I", [s.record.index for s in sites]).tobytes(),
+                               b"".join(t.by_variant[v] for v in variants if v != "default")
+                               + t.by_variant["default"])
+
+    def add_slots(self) -> None:
+        """The module's op slots, in the C runtime: it points them at each group's variant."""
+        for g in self.desc.groups:
+            for op in g.ops:
+                if op.slot:
+                    _core.rt_slot_add(g.name, self.owner, op.slot, [i.fn for i in op.impls],
+                                      op.slot_in_code)
 
 
 class Registry:
@@ -200,6 +211,7 @@ class Registry:
 
     def adopt_groups(self, desc: ModuleDesc) -> None:
         for g in desc.groups:
+            _core.rt_group_declare(g.name, list(g.variants), g.native, [o.name for o in g.ops])
             known = self.groups.get(g.name)
             if known is None:
                 self.groups[g.name] = Group(g.name, list(g.variants), g.variants[g.native],
@@ -230,6 +242,7 @@ class Registry:
                                 f"{g.variants[vi]!r}: template {impl.template.hex()} refused: "
                                 f"{exc} (docs/extensions.md, the template ABI). Nothing was "
                                 f"written.") from None
+                        _core.trust_template(impl.template)
                         out[gi, oi, vi] = True
                     else:
                         out[gi, oi, vi] = impl.template in SHIPPED_TEMPLATES

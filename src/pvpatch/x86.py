@@ -14,10 +14,16 @@ stretched with the same prefixes, so a thread that runs a site before its module
 is inside the slot's function, to return to the site end) is on a boundary of every rendering
 when registration rewrites it.  All call renderings of a site (default and direct) keep their
 rel32 field in the site's last 4 bytes; the header aligns it to 4 bytes.
+
+The renderings a site takes (nop, call, call through the slot, inline, and the choice among
+them) are computed by the C runtime (src/pvpatch/_core/plan.c), which a process without Python
+uses too: one implementation.  The functions here call it and keep Python's errors.
 """
 from __future__ import annotations
 
 import struct
+
+from . import _core
 
 MAX_INSN = 15
 CALL_REL32_LEN = 5
@@ -49,9 +55,17 @@ def nop(length: int) -> bytes:
     """One NOP instruction of exactly `length` bytes (1..15)."""
     if not 1 <= length <= MAX_INSN:
         raise EncodeError(f"no single NOP is {length} bytes long (1..{MAX_INSN})")
-    if length <= 9:
-        return CANONICAL_NOPS[length]
-    return b"\x66" * (length - 10) + _NOP10
+    return _c(_core.nop, length)
+
+
+def _c(fn, *args):
+    """A C encoder's result, its refusal as EncodeError."""
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise EncodeError(str(exc)) from None
+    except OverflowError:
+        raise EncodeError(f"an address out of range in {args}") from None
 
 
 def nops(length: int) -> bytes:
@@ -87,14 +101,14 @@ def call_rel32(site: int, target: int, length: int = CALL_REL32_LEN) -> bytes:
     """`call target` at `site`, stretched to `length` bytes (one instruction)."""
     if not CALL_REL32_LEN <= length <= MAX_INSN:
         raise EncodeError(f"a call rel32 needs 5..15 bytes, not {length}")
-    return stretch(b"\xe8" + rel32(site + length, target), length)
+    return _c(_core.call_rel32, site, target, length)
 
 
 def call_slot(site: int, slot: int, length: int = CALL_SLOT_LEN) -> bytes:
     """`call *slot(%rip)` at `site`, stretched to `length` bytes (one instruction)."""
     if not CALL_SLOT_LEN <= length <= MAX_INSN:
         raise EncodeError(f"a call through a slot needs 6..15 bytes, not {length}")
-    return stretch(b"\xff\x15" + rel32(site + length, slot), length)
+    return _c(_core.call_slot, site, slot, length)
 
 
 def default_site(site: int, slot: int, length: int) -> bytes:
@@ -102,7 +116,7 @@ def default_site(site: int, slot: int, length: int) -> bytes:
     `call *slot(%rip)` stretched with CS prefixes to the site length."""
     if not CALL_SLOT_LEN <= length <= MAX_INSN:
         raise EncodeError(f"a default site is 6..15 bytes, not {length}")
-    return call_slot(site, slot, length)
+    return _c(_core.default_site, site, slot, length)
 
 
 def render(site: int, length: int, *, fn: int, template: bytes | None, is_nop: bool,
@@ -112,11 +126,8 @@ def render(site: int, length: int, *, fn: int, template: bytes | None, is_nop: b
     A NOP implementation renders as one NOP; a template renders inline when the site allows it
     and it fits; otherwise a direct call to the implementation's function.
     """
-    if is_nop:
-        return "nop", nop(length)
-    if template and inline_ok and len(template) <= length:
-        return "inline", stretch(template, length)
-    return "call", call_rel32(site, fn, length)
+    return _c(_core.render, site, length, fn or 0, template or None, bool(is_nop),
+              bool(inline_ok))
 
 
 # ---- inline templates: the template ABI (docs/extensions.md, "Inline templates") -------------

@@ -79,9 +79,14 @@ static pthread_spinlock_t spin; /* pthread_spin_init in check_static */
 static long c_static, c_adaptive, c_spin;
 static int iters = 5000;
 
+static int count_stop;
+
+/* Counts until told to stop (the run lasts long enough to see the lock switched under it);
+ * returns its own number of rounds. */
 static void *count_worker(void *arg)
 {
-    for (int i = 0; i < iters; i++) {
+    long n = 0;
+    while (n < iters || !__atomic_load_n(&count_stop, __ATOMIC_RELAXED)) {
         pthread_mutex_lock(&m_static);
         c_static++;
         pthread_mutex_unlock(&m_static);
@@ -92,8 +97,9 @@ static void *count_worker(void *arg)
         c_spin++;
         pthread_spin_unlock(&spin);
         __atomic_fetch_add(&progress, 1, __ATOMIC_RELAXED);
+        n++;
     }
-    return NULL;
+    return (void *)n;
 }
 
 static int check_static(int expect_interposed)
@@ -112,9 +118,15 @@ static int check_static(int expect_interposed)
     EXPECT(pthread_spin_init(&spin, PTHREAD_PROCESS_PRIVATE) == 0, "spin_init");
     for (int i = 0; i < N; i++)
         EXPECT(pthread_create(&t[i], NULL, count_worker, NULL) == 0, "pthread_create");
-    for (int i = 0; i < N; i++)
-        pthread_join(t[i], NULL);
-    long want = (long)N * iters;
+    struct timespec d = {0, 300000000};
+    nanosleep(&d, NULL);
+    __atomic_store_n(&count_stop, 1, __ATOMIC_RELAXED);
+    long want = 0;
+    for (int i = 0; i < N; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        want += (long)r;
+    }
     EXPECT(c_static == want && c_adaptive == want && c_spin == want,
            "lost updates: default %ld, adaptive %ld, spin %ld of %ld", c_static, c_adaptive,
            c_spin, want);
@@ -131,7 +143,21 @@ static void *try_other(void *arg)
     return (void *)(long)pthread_mutex_trylock(&m_try);
 }
 
+static int check_trylock_once(void);
+
 static int check_trylock(void)
+{
+    /* Repeated for 0.3 s, so that the lock is switched between (and during) the rounds. */
+    double end = now_s() + 0.3;
+    for (int round = 0; round < 10 || now_s() < end; round++) {
+        pthread_mutex_init(&m_try, NULL);
+        check_trylock_once();
+        progress = round;
+    }
+    return 0;
+}
+
+static int check_trylock_once(void)
 {
     EXPECT(pthread_mutex_trylock(&m_try) == 0, "trylock of a free mutex");
     EXPECT(pthread_mutex_trylock(&m_try) == EBUSY, "trylock of a held mutex, same thread");
@@ -542,11 +568,32 @@ static int check_nothreads(void)
     return 0;
 }
 
+/* ---- one thread locking for a while (the auto mode's test) ----------------------------- */
+
+static int check_spin(double seconds)
+{
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    double end = now_s() + seconds;
+    long n = 0;
+    while (now_s() < end) {
+        for (int i = 0; i < 1000; i++) {
+            pthread_mutex_lock(&m);
+            n++;
+            pthread_mutex_unlock(&m);
+        }
+        progress = n;
+        struct timespec d = {0, 100000};
+        nanosleep(&d, NULL);
+    }
+    printf("spin ok: %ld\n", n);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: run_checks static|glibc-static|trylock|timed|cond|recursive|fork|"
-                        "threads N|nothreads\n");
+                        "threads N|nothreads|spin SECONDS\n");
         return 2;
     }
     check_name = argv[1];
@@ -571,6 +618,8 @@ int main(int argc, char **argv)
         return check_threads(argc > 2 ? atoi(argv[2]) : 2000);
     if (!strcmp(argv[1], "nothreads"))
         return check_nothreads();
+    if (!strcmp(argv[1], "spin"))
+        return check_spin(argc > 2 ? atof(argv[2]) : 1.0);
     fprintf(stderr, "run_checks: unknown check %s\n", argv[1]);
     return 2;
 }

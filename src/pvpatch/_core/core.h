@@ -26,6 +26,8 @@ extern PyMethodDef core_masks_methods[];    /* masks.c */
 extern PyMethodDef core_forktest_methods[]; /* forktest.c */
 extern PyMethodDef core_agent_methods[];    /* agent_py.c */
 int core_agent_export(PyObject *module);     /* agent_py.c: AgentPolicy, Agent */
+extern PyMethodDef core_rt_methods[];       /* rt_py.c */
+extern PyMethodDef core_rt_pin_methods[];   /* rt_py.c */
 
 /* poke_py.c: the runtime's init at import, as a Python exception on failure */
 int core_poke_init(void);

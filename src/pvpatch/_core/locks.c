@@ -169,6 +169,15 @@ static void tid_atfork_child(void)
         tid_bitmap[i] = 0;
     for (uint32_t i = 0; i < tid_high; i++)
         if (i + 1 != my_tid1) {
+            /* A thread that was queued (or owned pending) on a lock left its node in that
+             * lock's tail: in the child nobody would ever take the lock from that phantom
+             * queue, and every later waiter would queue behind it for ever.  Every queued
+             * thread is a phantom here (the forking thread is in fork, not in a slow path), so
+             * the queue and the pending bit are emptied; the locked byte stays as it is (a lock
+             * held by a thread the child does not have stays held, as with any lock). */
+            pvp_lock_t *l = threads[i].waiting_on;
+            if (l != NULL)
+                __atomic_fetch_and(&l->val, PVP_Q_LOCKED_MASK, __ATOMIC_RELAXED);
             threads[i].depth = threads[i].pv_active = 0;
             threads[i].where = PVP_AT_IDLE;
             threads[i].waiting_on = NULL;

@@ -38,6 +38,8 @@ static PyMethodDef *const tables[] = {
     core_forktest_methods,
     core_bits_methods,
     core_agent_methods,
+    core_rt_methods,
+    core_rt_pin_methods,
 };
 
 static struct PyModuleDef core_module = {

@@ -22,6 +22,9 @@
 
 #include "pvpatch.h"
 
+/* agent.h carries the same definition under the same guard (it builds without this header). */
+#ifndef PVRT_ERROR_DEFINED
+#define PVRT_ERROR_DEFINED
 struct pvrt_error {
     int err;
     char syscall[32];
@@ -31,6 +34,7 @@ struct pvrt_error {
     const char *syscall_long;
     long long bad_addr; /* added: a refused batch's site address, or -1 */
 };
+#endif
 
 /* Fill e (if not NULL): errno-style failure of `syscall`, or (err == 0) a refusal.  Return -1. */
 int pvrt_fail(struct pvrt_error *e, int err, const char *syscall, const char *fmt, ...)
@@ -106,5 +110,84 @@ void core_masks_counters(unsigned long *got_entries, size_t *objects, unsigned l
 /* ---- cpuid.c ----------------------------------------------------------------------------- */
 void pvrt_cpuid(unsigned leaf, unsigned subleaf, unsigned out[4]);
 uint64_t pvrt_xgetbv(unsigned index); /* only when CPUID says OSXSAVE */
+
+/* ---- plan.c: renderings (x86.py's rules; -1 with e->msg worded as its EncodeError) ------- */
+enum { PVRT_KIND_DEFAULT = 0, PVRT_KIND_NOP = 1, PVRT_KIND_INLINE = 2, PVRT_KIND_CALL = 3 };
+int pvrt_nop(unsigned len, uint8_t *out, struct pvrt_error *e);
+int pvrt_call_rel32(uintptr_t site, uintptr_t target, unsigned len, uint8_t *out,
+                    struct pvrt_error *e);
+int pvrt_call_slot(uintptr_t site, uintptr_t slot, unsigned len, uint8_t *out,
+                   struct pvrt_error *e);
+int pvrt_default_site(uintptr_t site, uintptr_t slot, unsigned len, uint8_t *out,
+                      struct pvrt_error *e);
+/* One variant's rendering of a site: its PVRT_KIND_*, or -1.  A NOP implementation renders as
+ * one NOP; a template inline when inline_ok and it fits; otherwise a call to fn. */
+int pvrt_render(uintptr_t site, unsigned len, uintptr_t fn, const uint8_t *tmpl,
+                unsigned tmpl_len, int is_nop, int inline_ok, uint8_t *out,
+                struct pvrt_error *e);
+const char *pvrt_kind_name(int kind);
+struct pvrt_shipped_template {
+    const uint8_t *bytes;
+    unsigned len;
+    const char *asm_; /* its disassembly (AT&T), as capstone prints it */
+};
+extern const struct pvrt_shipped_template pvrt_shipped_templates[]; /* ends with {NULL} */
+/* Trusted: shipped with pvpatch, or marked by the caller after checking it with a decoder. */
+int pvrt_template_trusted(const uint8_t *t, size_t n);
+int pvrt_trust_template(const uint8_t *t, size_t n, struct pvrt_error *e);
+#define PVPATCH_IMPL_NEEDS_MASK 0x7f00u
+uint32_t pvrt_cpu_detected(void);  /* PVPATCH_IMPL_NEEDS_* bits of this CPU and OS */
+uint32_t pvrt_cpu_effective(void); /* detected and not masked */
+void pvrt_set_feature_mask(uint32_t mask);
+
+/* ---- rt.c: the contract's runtime ------------------------------------------------------- */
+
+/* Idempotent: membarrier registration, trap handler, SIGTRAP mask ownership, writer. */
+int pvrt_init(struct pvrt_error *e);
+/* Check and render every site (registry.plan_sites' rules), record the module's group tables
+ * and op slots, and patch default -> each group's current variant in one batch. */
+int pvrt_register(const struct pvpatch_module *m, struct pvrt_error *e);
+
+struct pvrt_switch_stats {
+    unsigned sites, batches, syncs, traps;
+    uint64_t ns;
+    /* added to the contract: */
+    double batch_ns;     /* the C batch alone */
+    unsigned traps_helped, traps_on_patcher;
+    int late_sync_errno; /* sync #3 failed after the sites were whole and new (committed) */
+};
+/* One PLAIN batch (no group transition protocol); the commit is read from the bytes. */
+int pvrt_switch(const char *group, const char *variant, struct pvrt_switch_stats *st,
+                struct pvrt_error *e);
+/* Added: several groups in one batch; hook as pvrt_apply_batch's (step 1).  from and now (may
+ * be NULL): each group's variant as the bytes held it before, and after the commit. */
+int pvrt_switch_many(const char *const *groups, const char *const *variants, size_t k,
+                     uintptr_t hook, struct pvrt_switch_stats *st, struct pvrt_error *e,
+                     const char **from, const char **now);
+const char *pvrt_current(const char *group); /* from the bytes; NULL: unknown group */
+/* 1 when every site of group.op holds variant's rendering; 0 when not; -1 unknown names. */
+int pvrt_group_site_bytes_match(const char *group, const char *op, const char *variant);
+
+/* Added: the tables under registration, for a registry that renders its own modules (Python's,
+ * for generated code and extension modules alike). */
+int pvrt_group_declare(const char *name, const char *const *variants, unsigned nv,
+                       unsigned native, const char *const *ops, unsigned nops,
+                       struct pvrt_error *e);
+struct pvrt_table_desc {
+    uintptr_t owner;
+    const char *module, *group;
+    size_t n;
+    const uint64_t *addrs;
+    const uint8_t *lens;
+    const uint8_t *ops;           /* per site: index into op_names */
+    const char *const *op_names;
+    const uint32_t *index;        /* per site: index in its section (messages), or NULL */
+    const uint8_t *flat;          /* (nvariants + 1) * n * 16: variants in order, then default */
+};
+int pvrt_table_set(const struct pvrt_table_desc *d, struct pvrt_error *e); /* add or replace */
+int pvrt_slot_add(const char *group, uintptr_t owner, void **slot, const uintptr_t *fns,
+                  int in_code, struct pvrt_error *e);
+void pvrt_owner_drop(uintptr_t owner);
+int pvrt_reconcile(const char *group, struct pvrt_error *e); /* record and slots from the bytes */
 
 #endif

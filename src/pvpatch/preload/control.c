@@ -36,11 +36,6 @@
 #include "rt.h"
 #endif
 #ifdef PL_HAVE_AGENT
-/* rt.h (through locks.h) defined struct pvrt_error already; agent.h skips its copy under
- * this guard (rt.h may not set it yet). */
-#ifndef PVRT_ERROR_DEFINED
-#define PVRT_ERROR_DEFINED
-#endif
 #include "agent.h"
 #endif
 
@@ -251,9 +246,11 @@ static __attribute__((unused)) int start_agent(void)
 
 /* No transition is half done across fork: the child starts from a group whose mode word and
  * sites agree (the patcher's own fork handlers cover its batch). */
-static void fork_prepare(void) { pl_real()->mutex_lock(&sw.lock); }
-static void fork_parent(void) { pl_real()->mutex_unlock(&sw.lock); }
-static void fork_child(void)
+static int agent_running;
+
+static __attribute__((unused)) void fork_prepare(void) { pl_real()->mutex_lock(&sw.lock); }
+static __attribute__((unused)) void fork_parent(void) { pl_real()->mutex_unlock(&sw.lock); }
+static __attribute__((unused)) void fork_child(void)
 {
     /* The child has only the forking thread: glibc's mutex, taken in prepare by this very
      * thread, is reinitialised rather than unlocked; the switcher is restarted. */
@@ -263,6 +260,12 @@ static void fork_child(void)
         switcher_running = 0;
         start_switcher();
     }
+#ifdef PL_HAVE_AGENT
+    /* The parent's agent thread is not in the child: forget it, start the child's own. */
+    pvagent_atfork_child();
+    if (agent_running && start_agent() != 0)
+        agent_running = 0;
+#endif
 }
 
 /* ---- statistics at exit ----------------------------------------------------------------- */
@@ -392,6 +395,12 @@ static void at_exit(void)
 
 static int parse_env(void)
 {
+    /* The statistics first: a bad setting below is reported in them too. */
+    const char *st = getenv("PVPATCH_STATS");
+    cfg.stats_print = st != NULL && *st != '\0' && strcmp(st, "0") != 0;
+    cfg.stats_json = getenv("PVPATCH_STATS_JSON");
+    if (cfg.stats_json != NULL && *cfg.stats_json == '\0')
+        cfg.stats_json = NULL;
     const char *m = getenv("PVPATCH_MODE");
     if (m == NULL || *m == '\0' || strcmp(m, "auto") == 0)
         cfg.mode = M_AUTO;
@@ -406,11 +415,6 @@ static int parse_env(void)
     cfg.hints_path = getenv("PVPATCH_HINTS_PATH");
     if (cfg.hints_path != NULL && *cfg.hints_path == '\0')
         cfg.hints_path = NULL;
-    const char *st = getenv("PVPATCH_STATS");
-    cfg.stats_print = st != NULL && *st != '\0' && strcmp(st, "0") != 0;
-    cfg.stats_json = getenv("PVPATCH_STATS_JSON");
-    if (cfg.stats_json != NULL && *cfg.stats_json == '\0')
-        cfg.stats_json = NULL;
     const char *ms = getenv("PVPATCH_SWITCH_EVERY_MS");
     if (ms != NULL && *ms != '\0') {
         char *end;
@@ -448,7 +452,6 @@ __attribute__((constructor)) static void pl_load(void)
     pl_real();
     pick_root();
     atexit(at_exit);
-    pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (parse_env() != 0)
         return;
 #ifndef PL_HAVE_RT
@@ -463,6 +466,10 @@ __attribute__((constructor)) static void pl_load(void)
         return;
     }
     cfg.registered = 1;
+    /* After pvrt_init, whose fork handlers take the runtime's batch lock: prepare handlers run
+     * in the reverse order of registration, so ours (the transition lock) is taken first, in
+     * the same order as a transition takes them (transition lock, then a batch). */
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
 #ifndef PL_HAVE_TRANSITION
     go_inert("this build has no lock transition (pvlock_transition)");
     return;
@@ -475,7 +482,7 @@ __attribute__((constructor)) static void pl_load(void)
     }
     if (cfg.switch_every_ms > 0)
         start_switcher();
-    else if (cfg.mode == M_AUTO && start_agent() != 0) {
+    else if (cfg.mode == M_AUTO && (agent_running = start_agent() == 0) == 0) {
 #ifndef PL_HAVE_AGENT
         go_inert("PVPATCH_MODE=auto: this build has no agent (pvagent_start); use "
                  "PVPATCH_MODE=native or pv");
