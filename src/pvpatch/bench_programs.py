@@ -81,14 +81,30 @@ class _Program:
             return [self.exe, "-1", f"-T{threads}", "--block-size=512KiB", "-c"]
         return [self.exe, "-6", "-p", str(threads), "-b", "128", "-c"]
 
-    def run(self, threads: int, env: dict, timeout: float) -> tuple[float, float]:
-        """(throughput, wall seconds); an exit status other than 0 is an error naming it."""
+    def work(self, threads: int) -> float | None:
+        """The fixed work of a run in the throughput's unit x seconds (None: time-bounded)."""
+        if self.name == "sysbench-mutex":
+            argv = self.argv(threads)
+            return threads * int(next(a for a in argv if a.startswith("--mutex-locks="))
+                                 .split("=")[1])
+        if self.name == "sysbench-threads":
+            return None
+        return os.path.getsize(self.input) / 1e6
+
+    def run(self, threads: int, env: dict, limit_s: float) -> tuple[float | None, float, bool]:
+        """(throughput, wall seconds, timed out).  A run still going after `limit_s` (a lock
+        that collapsed) is killed: its throughput is then an upper bound, the work over the
+        limit (None where the work is not fixed).  An exit status other than 0 is an error."""
         argv = self.argv(threads)
         stdin = open(self.input, "rb") if self.input else subprocess.DEVNULL
         try:
             t0 = time.perf_counter()
-            p = subprocess.run(argv, stdin=stdin, capture_output=True, env=env, timeout=timeout)
+            p = subprocess.run(argv, stdin=stdin, capture_output=True, env=env,
+                               timeout=limit_s)
             wall = time.perf_counter() - t0
+        except subprocess.TimeoutExpired:
+            work = self.work(threads)
+            return (work / limit_s if work is not None else None), limit_s, True
         finally:
             if self.input:
                 stdin.close()
@@ -96,13 +112,11 @@ class _Program:
             raise PvpatchError(f"bench programs: {' '.join(argv)} exited with {p.returncode}: "
                                f"{p.stderr.decode(errors='replace')[-800:]}")
         if self.name == "sysbench-mutex":
-            out = p.stdout.decode()
-            locks = int(next(a for a in argv if a.startswith("--mutex-locks=")).split("=")[1])
-            return threads * locks / _sysbench_total_time(out), wall
+            return self.work(threads) / _sysbench_total_time(p.stdout.decode()), wall, False
         if self.name == "sysbench-threads":
             out = p.stdout.decode()
-            return _sysbench_events(out) / _sysbench_total_time(out), wall
-        return os.path.getsize(self.input) / 1e6 / wall, wall
+            return _sysbench_events(out) / _sysbench_total_time(out), wall, False
+        return self.work(threads) / wall, wall, False
 
 
 def _text_input(workdir: str, size: int) -> str:
@@ -164,9 +178,10 @@ def _read_stats(path: str) -> dict | None:
 
 @bench.suite("programs")
 def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: int = 3,
-                   quick: bool = False, timeout_s: float = 300.0, progress=None) -> dict:
+                   quick: bool = False, limit_s: float | None = None, progress=None) -> dict:
     """Every program x regime x configuration, `rounds` times in alternation (--quick: 1 round,
-    smaller work)."""
+    smaller work).  A run is killed after `limit_s` (default 20 s, --quick 8 s): a collapsed
+    lock's figure is then an upper bound, flagged in its row."""
     for p in programs:
         if p not in PROGRAMS:
             raise PvpatchError(f"bench programs: unknown program {p!r}; known: "
@@ -183,6 +198,8 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
         raise PvpatchError(f"bench programs: rounds must be >= 1, not {rounds!r}")
     if quick:
         rounds = 1
+    if limit_s is None:
+        limit_s = 8.0 if quick else 20.0
     missing = {p: TOOLS[p] for p in programs if shutil.which(TOOLS[p]) is None}
     if missing:
         raise PvpatchError("bench programs: not installed: " + ", ".join(
@@ -197,7 +214,7 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
 
     cpus = os.cpu_count() or 1
     res = {"suite": "programs", "cpus": cpus, "loadavg": list(os.getloadavg()),
-           "rounds": rounds, "quick": quick, "configs": list(configs),
+           "rounds": rounds, "quick": quick, "limit_s": limit_s, "configs": list(configs),
            "regimes": {"dedicated": {"threads": cpus, "hog_processes": 0},
                        "oversubscribed": {"threads": 4 * cpus, "hog_processes": 0},
                        "hog": {"threads": cpus, "hog_processes": cpus}},
@@ -219,15 +236,17 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
             try:
                 for name in programs:
                     prog = progs[name]
-                    acc = {c: {"tput": [], "wall": [], "load": [], "stats": []} for c in configs}
+                    acc = {c: {"tput": [], "wall": [], "load": [], "stats": [], "killed": 0}
+                           for c in configs}
                     for _ in range(rounds):
                         for cfg in configs:
                             stats_path = os.path.join(workdir, "stats.json")
                             env = (dict(os.environ) if cfg == "glibc" else
                                    _preload_env(cfg, hostd.path if hostd else None,
                                                 stats_path))
-                            tput, wall = prog.run(spec["threads"], env, timeout_s)
+                            tput, wall, killed = prog.run(spec["threads"], env, limit_s)
                             a = acc[cfg]
+                            a["killed"] += killed
                             a["tput"].append(tput)
                             a["wall"].append(wall)
                             a["load"].append(os.getloadavg()[0])
@@ -235,17 +254,20 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
                                 a["stats"].append(_read_stats(stats_path))
                             done += 1
                             if progress:
+                                fig = ("?" if tput is None else f"{tput:,.1f}")
                                 progress(f"[{done}/{total}] {name} {regime} "
                                          f"({spec['threads']} threads) {cfg}: "
-                                         f"{tput:,.1f} {prog.unit} in {wall:.2f} s")
+                                         + (f"killed after {limit_s:g} s (< {fig} "
+                                            f"{prog.unit})" if killed else
+                                            f"{fig} {prog.unit} in {wall:.2f} s"))
                     rows = {}
                     for cfg in configs:
                         a = acc[cfg]
                         row = {"program": name, "regime": regime, "threads": spec["threads"],
                                "hog_processes": spec["hog_processes"], "config": cfg,
-                               "unit": prog.unit, "throughput": statistics.median(a["tput"]),
+                               "unit": prog.unit, "throughput": _median(a["tput"]),
                                "throughput_rounds": a["tput"], "wall_s": a["wall"],
-                               "loadavg_1m": a["load"]}
+                               "killed_rounds": a["killed"], "loadavg_1m": a["load"]}
                         if cfg != "glibc":
                             st = [s for s in a["stats"] if s]
                             row["variants_at_exit"] = sorted({s["variant"] for s in st
@@ -267,10 +289,17 @@ def bench_programs(programs=PROGRAMS, configs=CONFIGS, regimes=REGIMES, rounds: 
     return res
 
 
+def _median(xs: list) -> float | None:
+    """The median of the rounds; a killed round with no bound (None) counts as 0."""
+    return statistics.median([0.0 if x is None else x for x in xs]) if xs else None
+
+
 def _ratios(name: str, regime: str, rows: dict) -> dict:
-    """Each configuration over glibc, and auto over the best fixed mode (native or pv)."""
-    t = {c: r["throughput"] for c, r in rows.items()}
-    r = {"program": name, "regime": regime}
+    """Each configuration over glibc, and auto over the best fixed mode (native or pv).
+    `bounded`: a configuration with a killed round is involved (its figure is a bound)."""
+    t = {c: r["throughput"] for c, r in rows.items() if r["throughput"]}
+    r = {"program": name, "regime": regime,
+         "bounded": sorted(c for c, row in rows.items() if row["killed_rounds"])}
     base = t.get("glibc")
     for c in ("native", "pv", "auto"):
         if c in t and base:
@@ -294,9 +323,12 @@ def format_programs(res: dict) -> str:
     out.append(f"{'program':<17} {'regime':<15} {'threads':>7} {'hogs':>4} {'config':<7} "
                f"{'throughput':>14} {'unit':<9} {'ran':<10} {'switches':>8}")
     for r in res["rows"]:
+        fig = "-" if r["throughput"] is None else f"{r['throughput']:,.1f}"
+        if r.get("killed_rounds"):
+            fig = f"<{fig}"
         out.append(f"{r['program']:<17} {r['regime']:<15} {r['threads']:>7} "
                    f"{r['hog_processes']:>4} {r['config']:<7} "
-                   f"{r['throughput']:>14,.1f} {r['unit']:<9} "
+                   f"{fig:>14} {r['unit']:<9} "
                    f"{','.join(r.get('variants_at_exit', [])) or '-':<10} "
                    f"{r['switches'] if 'switches' in r else '-':>8}")
     out.append("ratios (same regime, side by side):")
@@ -308,7 +340,10 @@ def format_programs(res: dict) -> str:
         out.append(f"{r['program']:<17} {r['regime']:<15} "
                    f"{_fmt(r.get('native_vs_glibc'), '.2f'):>12} "
                    f"{_fmt(r.get('pv_vs_glibc'), '.2f'):>9} "
-                   f"{_fmt(r.get('auto_vs_glibc'), '.2f'):>10} {bf:>22}")
+                   f"{_fmt(r.get('auto_vs_glibc'), '.2f'):>10} {bf:>22}"
+                   + (f"  (bounds: {','.join(r['bounded'])})" if r.get("bounded") else ""))
+    out.append(f"<: a round was killed after {res['limit_s']:g} s (the lock collapsed); the "
+               f"figure is an upper bound")
     return "\n".join(out)
 
 
