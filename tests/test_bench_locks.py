@@ -40,9 +40,10 @@ def test_bench_locks_json_has_every_lock_and_the_machine(tmp_path):
             assert r["variants_ran"] == [r["lock"].split()[1]]
         if r["lock"].startswith("pvpatch"):
             # The lock's own statistics cover the measured segments: every acquisition the
-            # writers counted there (read inside the statistics' interval) is in them.
+            # writers counted there is in them, but for one per writer at each end (a writer
+            # counts its acquisition after its release, the lock when it acquires).
             st = r["lock_stats"]
-            assert st["acquisitions"] >= r["acquisitions"]
+            assert st["acquisitions"] >= r["acquisitions"] - r["writers"]
             assert st["acquisitions"] >= st["contended"] >= 0
             assert st["handovers"] <= st["contended"] and st["handover_ns"] >= 0
             assert r["judge"][0] in (-1, 0, 1) and r["judge"][1]

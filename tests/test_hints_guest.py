@@ -5,6 +5,7 @@ import json
 import signal
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -190,3 +191,22 @@ def test_stopped_publisher_sends_guests_to_the_safe_default_at_once(tmp_path, se
     finally:
         handle.stop()
         pub.close()
+
+
+def test_stop_from_a_callback_on_the_agent_thread(tmp_path):
+    """on_event runs on the agent's own thread; stopping the handle from there must neither
+    hang (a thread cannot join itself) nor call back into the stopped handle afterwards."""
+    stopped = threading.Event()
+    box = []
+
+    def on_event(ev):
+        box[0].stop()
+        stopped.set()
+    box.append(auto(str(tmp_path / "absent"), groups={"lock": ("native", "pv")},
+                    patch=lambda changes: None, on_event=on_event, poll_s=0.01))
+    handle = box[0]
+    assert stopped.wait(10), "on_event never ran"
+    assert not handle.alive and handle.stopped
+    n = handle.agent.observations
+    time.sleep(0.2)  # 20 poll periods: a live agent would have observed the page again
+    assert handle.agent.observations == n and len(handle.events) == 1

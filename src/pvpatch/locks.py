@@ -93,7 +93,9 @@ def transition(current: str, target: str, apply) -> None:
         _check_unlocks_kick()  # raises UnlockSitesNotKicking, naming the site
         return True
 
-    status, _ = _core.lock_transition(current, target, apply, float(grace_timeout), check)
+    status, msg = _core.lock_transition(current, target, apply, float(grace_timeout), check)
+    if status == "not-kicking":  # check() raises first; kept for a check that returns False
+        raise UnlockSitesNotKicking(msg)
     if status == "incomplete":
         raise LockSwitchIncomplete(target, grace_timeout, _core.lock_pv_inflight())
 

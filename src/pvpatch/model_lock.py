@@ -1,7 +1,8 @@
 """An exhaustive model of the lock-switching protocol (docs/locks.md, "Switching").
 
 Threads acquire and release a lock (optionally a second one inside a signal handler) while a
-switcher runs the sequence of pvpatch/locks.py (`transition`) through pvpatch/patcher.py
+switcher runs the sequence of `pvlock_transition` (src/pvpatch/_core/locks.c, which
+pvpatch/locks.py's `transition` calls) through pvpatch/patcher.py
 (`_plain`: skip, validate, batch, commit):
 
     native -> pv    1. apply("hybrid")   2. mode = PV   3. apply("pv")
@@ -13,8 +14,9 @@ What is modelled, step by step as in src/pvpatch/_core/locks.c:
 - the lock word (locked byte 0 / LOCKED / SLOW, the pending bit, the tail), each thread's MCS
   nodes (wait word WAITING / GRANTED / SLEEPING, next), its `pv_active` count, its `where`
   (only "head-sleep" matters: the grace period kicks those) and `waiting_on`;
-- both lock functions: native (fast path, pending bit, pending owner's CAS, queue, spinning
-  head's CAS) and pv (fast path, steal, queue, sleepy node waiter, sleepy head: own pending,
+- both lock functions: native (fast path: read pending, read the tail, CAS the locked byte;
+  pending bit, pending owner's CAS, queue, spinning head's CAS) and pv (fast path: read
+  pending, CAS the locked byte; steal, queue, sleepy node waiter, sleepy head: own pending,
   spin, give pending back, register, read mode, CAS LOCKED -> SLOW, FUTEX_WAIT on the lock word,
   deregister), upgrade to sleepy when the mode is PV, demote when it is not;
 - both unlocks: the inline `movb $0` store (one instruction: fetched and executed in one step,
@@ -67,6 +69,8 @@ MUTATIONS = {
     "sleep_without_slow": "the head sleeps on the lock word without marking it SLOW",
     "commit_before_batch": "the record is committed before the batch, and the transition "
                            "trusts it (no re-derivation from the bytes)",
+    "fast_path_store": "the fast path takes the locked byte with a plain store after reading "
+                       "pending and the tail clear (no CAS)",
     "trust_record": "the commit as on main before the fix: after the batch with Python code "
                     "in between, and the transition trusts the record",
 }
@@ -437,11 +441,8 @@ class LockModel:
         if pc == "A_fetch":
             for fn in self._lock_fns(site):
                 go(f"lock site calls {FN_NAME[fn]}", f(pc="A_fast", fn=fn))
-        elif pc == "A_fast":
-            if w == (FREE, 0, None):
-                go(f"fast path: CAS word 0 -> LOCKED, owns lock {li}", f(pc="CS"),
-                   nw=(LOCKED, 0, None))
-            else:
+        elif pc in ("A_fast", "A_fast_tail", "A_fast_cas"):
+            def slow(label):
                 saved = (th[HS], th[WO])
                 nth = self._put(th, WO, li)
                 if fr[FN] == "p":
@@ -450,7 +451,29 @@ class LockModel:
                     nfr = f(pc="N_pendwait", val=w, saved=saved)
                 else:
                     nfr = f(pc="N_check", val=w, saved=saved)
-                go(f"fast path CAS fails, word {word(w)}: slow path", nfr, nth=nth)
+                go(f"{label}, word {word(w)}: slow path", nfr, nth=nth)
+            # The fast path (locks.c, fast_take and pvp_pv_lock): separate byte reads of the
+            # pending byte and (native) of the tail, then a CAS of the locked byte alone, which
+            # leaves pending and tail as they are by then.
+            if pc == "A_fast":
+                if pending == 0:
+                    go("fast path: reads pending 0",
+                       f(pc="A_fast_tail" if fr[FN] == "n" else "A_fast_cas"))
+                else:
+                    slow("fast path: pending is set")
+            elif pc == "A_fast_tail":
+                if tail is None:
+                    go("fast path: reads the tail empty", f(pc="A_fast_cas"))
+                else:
+                    slow("fast path: the queue is not empty")
+            elif self.m == "fast_path_store":
+                go(f"fast path: plain store locked = LOCKED (mutation), owns lock {li}",
+                   f(pc="CS"), nw=(LOCKED, pending, tail))
+            elif locked == FREE:
+                go(f"fast path: CAS locked 0 -> LOCKED, owns lock {li}", f(pc="CS"),
+                   nw=(LOCKED, pending, tail))
+            else:
+                slow("fast path CAS fails")
         # -- pv: steal -------------------------------------------------------------------
         elif pc == "P_steal":
             if locked == FREE and pending == 0:
@@ -872,6 +895,7 @@ MUTATION_CONFIGS = {
     "sleep_without_slow": dict(threads=2),
     "commit_before_batch": dict(threads=3, switches=1),
     "trust_record": dict(threads=2, start="pv", switches=2),
+    "fast_path_store": dict(threads=2, switches=0),
 }
 
 

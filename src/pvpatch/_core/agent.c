@@ -647,6 +647,7 @@ struct pvagent {
     pthread_t thread;
     int started;
     atomic_int stopping;
+    atomic_int free_on_exit;   /* destroyed from its own thread: the thread frees it */
     atomic_uint stop_word;     /* a futex the thread sleeps on while it has no page mapped */
     pthread_mutex_t maplock;   /* the thread holds it to change r.map; stop holds it to wake */
     pthread_mutex_t reclock;   /* records and stats */
@@ -790,7 +791,8 @@ static void *worker(void *arg)
                 retry_at = now_s() + (b < a->c.retry_max_s ? b : a->c.retry_max_s);
             }
         }
-        if (a->c.on_observe)
+        /* Not once stopping: a callback that destroyed the agent may have freed its arg. */
+        if (a->c.on_observe && !atomic_load(&a->stopping))
             a->c.on_observe(&o, a->c.observe_arg);
 
         /* 5. Sleep until the page changes or something is due: the page turning stale (heart-
@@ -840,6 +842,13 @@ static void *worker(void *arg)
     }
     if (a->c.on_exit)
         a->c.on_exit(a->c.observe_arg);
+    if (atomic_load(&a->free_on_exit)) {
+        pvagent_reader_close(&a->r);
+        pthread_mutex_destroy(&a->maplock);
+        pthread_mutex_destroy(&a->reclock);
+        free(a->recs);
+        free(a);
+    }
     return NULL;
 }
 
@@ -946,6 +955,14 @@ void pvagent_destroy(struct pvagent *a)
 {
     if (a == NULL)
         return;
+    if (a->started && pthread_equal(pthread_self(), a->thread)) {
+        /* From apply or on_observe (a callback that drops the last reference): the thread
+         * cannot join itself; it ends after this round and frees the agent on its way out. */
+        atomic_store(&a->free_on_exit, 1);
+        atomic_store(&a->stopping, 1);
+        pthread_detach(a->thread);
+        return;
+    }
     if (a->started) {
         atomic_store(&a->stopping, 1);
         /* The thread checks `stopping` before it sleeps, but may have checked just before we

@@ -1,7 +1,7 @@
 /*
  * lock_sites.c - the `lock` op group (group 1 of pvpatch._core) and the Python entry points of
- * the lock mode word and grace period (the switching protocol itself is in pvpatch/locks.py,
- * its argument in docs/locks.md).
+ * the lock mode word, the grace period, the statistics, the local judge and the switching
+ * protocol (pvlock_transition in locks.c; its argument in docs/locks.md).
  *
  * Variants, in order: native, pv, hybrid.
  *

@@ -228,10 +228,23 @@ static inline struct pvp_thread *me_get(void)
 /* One acquisition, counted by the fast path of every lock function: an increment of a counter
  * only this thread writes (no shared line, no locked instruction).  A thread's first lock takes
  * its id here rather than on its first slow path. */
+static __thread uint8_t tid_table_was_full __attribute__((tls_model("initial-exec")));
+
+static __attribute__((noinline)) struct pvp_thread *tid_alloc_fast(void)
+{
+    /* With the table full, do not scan it at every lock: the fast path counts in the shared
+     * counter from then on, and the slow path (me_get) keeps trying for an id. */
+    if (tid_table_was_full)
+        return NULL;
+    struct pvp_thread *me = tid_alloc();
+    tid_table_was_full = me == NULL;
+    return me;
+}
+
 static inline struct pvp_thread *count_acquired(void)
 {
     uint32_t t = my_tid1;
-    struct pvp_thread *me = __builtin_expect(t != 0, 1) ? &threads[t - 1] : tid_alloc();
+    struct pvp_thread *me = __builtin_expect(t != 0, 1) ? &threads[t - 1] : tid_alloc_fast();
     stat_inc(me, PVP_STAT_ACQUIRED);
     return me; /* NULL with the id table full */
 }
@@ -689,13 +702,25 @@ static inline int fast_take(pvp_lock_t *l)
     return 0;
 }
 
+/* The slow paths out of line, as Linux's queued_spin_lock_slowpath: inlined, their register
+ * pressure gave the fast path a prologue and epilogue of six pushes and pops. */
+static __attribute__((noinline)) void native_slowpath(pvp_lock_t *l)
+{
+    slowpath(l, lock_load(l), 0);
+}
+
+static __attribute__((noinline)) void pv_slowpath(pvp_lock_t *l)
+{
+    slowpath(l, lock_load(l), 1);
+}
+
 void pvp_native_lock(pvp_lock_t *l)
 {
     if (__builtin_expect(fast_take(l), 1)) {
         count_acquired();
         return;
     }
-    slowpath(l, lock_load(l), 0);
+    native_slowpath(l);
 }
 
 /* pv's fast path is the steal (slow path step 2) done first: a free lock is taken unless the
@@ -718,7 +743,7 @@ void pvp_pv_lock(pvp_lock_t *l)
             return;
         }
     }
-    slowpath(l, lock_load(l), 1);
+    pv_slowpath(l);
 }
 
 /* ---- mode, grace period, introspection -------------------------------------------------- */
@@ -946,9 +971,11 @@ static int variant_mode(const char *v)
     return -1;
 }
 
-/* The runtime's reader of site bytes, when it is linked in (a process without Python). */
+/* The runtime's reader of site bytes, when it is linked into the same object (weak: the C
+ * stress harness links locks.c alone).  Hidden, so that it never binds to another object's
+ * copy (the preload library's, in a process that has both): that one reads other sites. */
 extern int pvrt_group_site_bytes_match(const char *group, const char *op, const char *variant)
-    __attribute__((weak));
+    __attribute__((weak, visibility("hidden")));
 
 static int check_unlocks_kick_rt(void *arg, struct pvrt_error *e)
 {

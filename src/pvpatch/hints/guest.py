@@ -17,11 +17,13 @@ missing page means the safe variant).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import threading
 import time
+import weakref
 
 from ..errors import PvpatchError
 from . import abi, trust
@@ -33,6 +35,20 @@ from .supervise import ErrorEvent, Errors
 from .worker import SwitchEvent
 
 log = logging.getLogger("pvpatch.hints")
+
+
+_running: "weakref.WeakSet[_Agent]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop agents still running when the interpreter exits: their thread must not call into
+    an interpreter that is finalizing."""
+    for agent in list(_running):
+        try:
+            agent.stop()
+        except Exception:
+            pass
 
 
 class AutoError(PvpatchError, ValueError):
@@ -83,6 +99,7 @@ class _Agent:
                                   stack_size=threading.stack_size())
         except OSError as e:  # pthread_create: EAGAIN, ENOMEM
             raise RuntimeError(f"can't start new thread: {e.strerror}") from e
+        _running.add(self)
         return self
 
     @property

@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -51,6 +52,7 @@ static struct {
     int registered; /* the module's sites are live */
     int inert;      /* a bad setting or a failure at load: nothing switches */
     pid_t root;     /* the process that reports at exit */
+    int stats_fd;   /* stderr as it was at load: a program may close stderr before exit */
     char why[600];  /* why inert */
 } cfg;
 
@@ -368,24 +370,25 @@ static void at_exit(void)
     struct summary s;
     summarise(&s);
     if (cfg.stats_print) {
+        int fd = cfg.stats_fd > 0 ? cfg.stats_fd : 2;
         double pct = s.ls.acquisitions
                          ? 100.0 * (double)s.ls.contended / (double)s.ls.acquisitions : 0;
-        fprintf(stderr,
+        dprintf(fd,
                 "pvpatch: %s (pid %d): %llu acquisitions, %llu contended (%.2f%%), %llu sleeps, "
                 "%llu wake-ups; lock %s (mode %s)\n",
                 program_invocation_short_name, (int)getpid(),
                 (unsigned long long)s.ls.acquisitions, (unsigned long long)s.ls.contended, pct,
                 (unsigned long long)s.ls.sleeps, (unsigned long long)s.ls.wakes, pl_variant(),
                 mode_names[cfg.mode]);
-        fprintf(stderr,
+        dprintf(fd,
                 "pvpatch: %llu switches (%llu failed), latency p50 %.3f ms, p99 %.3f ms, "
                 "max %.3f ms\n",
                 (unsigned long long)s.switches, (unsigned long long)s.failed, s.p50 / 1e6,
                 s.p99 / 1e6, s.max / 1e6);
         if (sw.last_error[0])
-            fprintf(stderr, "pvpatch: last failed switch: %s\n", sw.last_error);
+            dprintf(fd, "pvpatch: last failed switch: %s\n", sw.last_error);
         if (cfg.inert)
-            fprintf(stderr, "pvpatch: nothing was switched: %s\n", cfg.why);
+            dprintf(fd, "pvpatch: nothing was switched: %s\n", cfg.why);
     }
     if (cfg.stats_json != NULL)
         write_json(&s);
@@ -398,6 +401,8 @@ static int parse_env(void)
     /* The statistics first: a bad setting below is reported in them too. */
     const char *st = getenv("PVPATCH_STATS");
     cfg.stats_print = st != NULL && *st != '\0' && strcmp(st, "0") != 0;
+    if (cfg.stats_print) /* xz, for one, closes stderr before its atexit handlers run */
+        cfg.stats_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
     cfg.stats_json = getenv("PVPATCH_STATS_JSON");
     if (cfg.stats_json != NULL && *cfg.stats_json == '\0')
         cfg.stats_json = NULL;
