@@ -72,8 +72,11 @@ static inline int shared(const pthread_cond_t *c) { return (wrefs(c) & WREFS_SHA
 static void leave(struct pl_cond *s)
 {
     uint32_t old = __atomic_fetch_sub(&s->waiters, 1, __ATOMIC_RELEASE);
-    if ((old & DESTROYING) && (old & COUNT_MASK) == 1)
+    if ((old & DESTROYING) && (old & COUNT_MASK) == 1) {
+        int saved = errno;
         syscall(SYS_futex, &s->waiters, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+        errno = saved;
+    }
 }
 
 static int relock(pthread_mutex_t *m, int ours)
@@ -94,6 +97,13 @@ struct wait_ctx {
 static void cancel_cleanup(void *arg)
 {
     struct wait_ctx *w = arg;
+    /* The cancellation may have arrived after a signal's FUTEX_WAKE woke this waiter: that
+     * wake-up belongs to another waiter now (POSIX: a cancelled waiter does not consume a
+     * signal that others could take).  Pass one on, before leave() (after it, destroy may
+     * free the condvar); at worst it is a spurious wake-up.  Partner: wake()'s c. */
+    int saved = errno;
+    syscall(SYS_futex, &w->s->seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    errno = saved;
     leave(w->s);
     relock(w->m, w->ours);
 }
@@ -104,7 +114,7 @@ static void cancel_cleanup(void *arg)
 static __attribute__((noinline)) int sleep_on(struct wait_ctx *w, uint32_t seq, int op,
                                               const struct timespec *abs)
 {
-    int oldtype, err = 0;
+    int oldtype, err = 0, saved = errno; /* the program's errno: pthread calls return theirs */
     long r;
     pthread_cleanup_push(cancel_cleanup, w);
     pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &oldtype);
@@ -112,6 +122,7 @@ static __attribute__((noinline)) int sleep_on(struct wait_ctx *w, uint32_t seq, 
     err = r < 0 ? errno : 0;
     pthread_setcanceltype(oldtype, NULL);
     pthread_cleanup_pop(0);
+    errno = saved;
     return err;
 }
 
@@ -159,10 +170,12 @@ PL_EXPORT int pthread_cond_destroy(pthread_cond_t *c)
      * never woken would make this wait for ever; POSIX makes destroying it undefined. */
     struct pl_cond *s = state(c);
     uint32_t v = __atomic_or_fetch(&s->waiters, DESTROYING, __ATOMIC_ACQ_REL);
+    int saved = errno;
     while (v & COUNT_MASK) {
         syscall(SYS_futex, &s->waiters, FUTEX_WAIT_PRIVATE, v, NULL, NULL, 0);
         v = __atomic_load_n(&s->waiters, __ATOMIC_ACQUIRE);
     }
+    errno = saved;
     return pl_real()->cond_destroy(c);
 }
 
@@ -196,7 +209,9 @@ static int wake(pthread_cond_t *c, int n)
     if ((__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST) & COUNT_MASK) == 0) /* a */
         return 0;
     __atomic_fetch_add(&s->seq, 1, __ATOMIC_SEQ_CST);                        /* b */
+    int saved = errno;
     syscall(SYS_futex, &s->seq, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);        /* c */
+    errno = saved;
     return 0;
 }
 
