@@ -104,12 +104,13 @@ def faulty(tmp_path_factory):
 
 @pytest.mark.parametrize("fault,check,says", [
     ("drop-signal", "cond_signal_wakes_one", "lost wake-up"),
-    ("drop-signal", "cond_cancel_keeps_signal", "lost"),
     ("trylock-errno", "mutex_basic", "expected EBUSY"),
     ("early-timeout", "mutex_timeouts", "before its deadline"),
 ])
 def test_a_faulty_interposer_is_caught(conformance, faulty, fault, check, says):
-    """Negative control: each known fault fails the check that owns it (no hang, no pass)."""
+    """Negative control: each known fault fails the check that owns it (no hang, no pass).
+    (cond_cancel_keeps_signal is not among them: glibc's cancellation cleanup may wake another
+    waiter itself, which can hide a signal the fault dropped in that round.)"""
     rc, results, out = run(conformance, "-k", check, timeout=300,
                            env={"LD_PRELOAD": str(faulty), "CONFORMANCE_FAULT": fault})
     assert rc == 1 and results.get(check) == "FAIL", out
