@@ -39,7 +39,8 @@ CORE_SOURCES = RT_SOURCES + [
 ]
 # Every header any source may include: an edited header rebuilds the core instead of leaving a
 # stale .so behind.  A glob, so that a new header is covered without touching this file.
-CORE_HEADERS = sorted(glob.glob("src/pvpatch/_core/*.h") + glob.glob("src/pvpatch/include/*.h"))
+CORE_HEADERS = sorted(glob.glob("src/pvpatch/_core/*.h") + glob.glob("src/pvpatch/include/*.h")
+                      + glob.glob("src/pvpatch/preload/*.h"))
 
 
 # libpvpatch-preload.so (docs/run.md): the preload library, plain C, never linked with
@@ -101,8 +102,7 @@ class checked_build_ext(build_ext):
     def build_preload(self):
         sources, macros = preload_config()
         out = self._preload_built = self.preload_path()
-        deps = sources + CORE_HEADERS + sorted(glob.glob("src/pvpatch/preload/*.h")) + [
-            "src/pvpatch/preload/exports.map", "setup.py"]
+        deps = sources + CORE_HEADERS + ["src/pvpatch/preload/exports.map", "setup.py"]
         if not self.force and os.path.exists(out) and all(
                 os.path.getmtime(d) <= os.path.getmtime(out) for d in deps):
             return

@@ -87,9 +87,12 @@ static void *count_worker(void *arg)
 {
     long n = 0;
     while (n < iters || !__atomic_load_n(&count_stop, __ATOMIC_RELAXED)) {
+        errno = 4242; /* glibc's lock and unlock leave errno alone, whatever they wait for */
         pthread_mutex_lock(&m_static);
         c_static++;
         pthread_mutex_unlock(&m_static);
+        if (errno != 4242)
+            FAIL("pthread_mutex_lock/unlock changed errno to %d", errno);
         pthread_mutex_lock(&m_adaptive);
         c_adaptive++;
         pthread_mutex_unlock(&m_adaptive);
@@ -274,9 +277,12 @@ static void *producer(void *arg)
 static void *consumer(void *arg)
 {
     for (int i = 0; i < ITEMS; i++) {
+        errno = 4243;
         pthread_mutex_lock(&m_cond);
         while (qlen == 0)
             pthread_cond_wait(&not_empty, &m_cond);
+        if (errno != 4243)
+            FAIL("lock or cond_wait changed errno to %d", errno);
         consumed_sum += q[qh];
         qh = (qh + 1) % QN;
         qlen--;

@@ -265,30 +265,37 @@ static inline struct pvp_node *decode_tail(uint32_t tail)
 /* ---- futex ------------------------------------------------------------------------------ */
 
 /* Sleep while *word == val, at most rescue_ns.  Returns 1 on timeout, 0 otherwise (woken,
- * value changed, signal); the caller re-checks its condition in every case. */
+ * value changed, signal); the caller re-checks its condition in every case.  The caller's errno
+ * is left as it was (here and in futex_wake): a lock is called where the program may be about
+ * to read errno (pthread_mutex_lock under the preload library must not change it, as glibc's
+ * does not). */
 static int futex_sleep(uint32_t *word, uint32_t val, struct pvp_thread *me)
 {
+    int saved = errno, r = 0;
     uint64_t ns = __atomic_load_n(&rescue_ns, __ATOMIC_RELAXED);
     struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
     if (syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, &ts, NULL, 0) == 0)
-        return 0;
-    if (errno == ETIMEDOUT)
-        return 1;
-    if (errno != EAGAIN && errno != EINTR) {
+        r = 0;
+    else if (errno == ETIMEDOUT)
+        r = 1;
+    else if (errno != EAGAIN && errno != EINTR) {
         /* Cannot happen with a valid word; the waiter stays correct by spinning instead. */
         __atomic_store_n(&futex_errno, errno, __ATOMIC_RELAXED);
         stat_inc(me, PVP_STAT_FUTEX_ERRORS);
         sched_yield();
     }
-    return 0;
+    errno = saved;
+    return r;
 }
 
 static void futex_wake(uint32_t *word, struct pvp_thread *me)
 {
+    int saved = errno;
     if (syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0) < 0) {
         __atomic_store_n(&futex_errno, errno, __ATOMIC_RELAXED);
         stat_inc(me, PVP_STAT_FUTEX_ERRORS);
     }
+    errno = saved;
 }
 
 /* ---- lock word operations --------------------------------------------------------------- */

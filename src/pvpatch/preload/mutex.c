@@ -102,7 +102,17 @@ static uint64_t ts_ns(const struct timespec *t)
  * free (glibc looks at the timeout only when it would wait); a deadline before 1970 is
  * ETIMEDOUT.
  */
+static int timed_lock_(pvp_lock_t *w, clockid_t clk, const struct timespec *abs);
+
 static int timed_lock(pvp_lock_t *w, clockid_t clk, const struct timespec *abs)
+{
+    int saved = errno; /* a signal may interrupt the sleeps (EINTR): not the program's errno */
+    int r = timed_lock_(w, clk, abs);
+    errno = saved;
+    return r;
+}
+
+static int timed_lock_(pvp_lock_t *w, clockid_t clk, const struct timespec *abs)
 {
     if (!pl_valid_clock(clk))
         return EINVAL;
