@@ -140,7 +140,7 @@ def test_preload_keeps_the_contract_with_the_lock_switched_live(conformance, che
     stats = tmp_path / "stats.json"
     rc, results, out = run(conformance, env={
         "LD_PRELOAD": lib, "PVPATCH_SWITCH_EVERY_MS": str(every_ms),
-        "PVPATCH_STATS_JSON": str(stats)})
+        "PVPATCH_STATS_JSON": str(stats), "PVPATCH_STATS": "1"})
     assert_all_passed(rc, results, out, checks)
     s = read_stats(stats)
     assert not s.get("inert"), f"the preload ran inert: {s.get('why_inert')}\n{out}"
@@ -148,7 +148,12 @@ def test_preload_keeps_the_contract_with_the_lock_switched_live(conformance, che
     # The suite runs for seconds: a switch every few ms gives hundreds; 20 is the floor that
     # still proves the lock was switched under every check on a very busy machine.
     assert s["switches"]["completed"] >= 20, s
-    assert s["switches"]["failed"] == 0, s
+    # A switch to native whose grace period outlasts its bound on a loaded machine is refused
+    # and leaves the group at hybrid, safe with any thread in flight (docs/locks.md); the next
+    # switch retries.  That is the only failure allowed: never a failed system call.
+    if s["switches"]["failed"]:
+        last = re.search(r"last failed switch: (.*)", out)
+        assert last and "stays at hybrid" in last.group(1), (s, out[-2000:])
 
 
 # Fixed native is the lock for threads <= CPUs: with more waiters than CPUs a fair spinning
