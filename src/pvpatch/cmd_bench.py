@@ -8,6 +8,7 @@ import sys
 from . import bench, cliargs
 from . import bench_call  # noqa: F401  (registers the `call` suite)
 from . import bench_locks  # noqa: F401  (registers the `locks` suite)
+from . import bench_programs  # noqa: F401  (registers the `programs` suite)
 from .errors import PvpatchError
 
 
@@ -21,6 +22,18 @@ def _writer_list(text: str) -> list[int]:
     if not parts:
         raise argparse.ArgumentTypeError(f"{text!r}: give writer counts such as 1,2,4")
     return [one(t.strip()) for t in parts]
+
+
+def _name_list(known):
+    """--programs xz,pigz: names from `known`, at least one."""
+    def parse(text: str) -> list[str]:
+        parts = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in parts if t not in known]
+        if not parts or bad:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give one or more of {', '.join(known)}")
+        return parts
+    return parse
 
 
 def run(args) -> int:
@@ -49,6 +62,14 @@ def run(args) -> int:
                 kwargs["rounds"] = args.rounds
             if args.hold_ns:
                 kwargs["hold_ns"] = args.hold_ns
+        if name == "programs":
+            for opt in ("programs", "configs", "regimes"):
+                if getattr(args, opt):
+                    kwargs[opt] = tuple(getattr(args, opt))
+            if args.rounds:
+                kwargs["rounds"] = args.rounds
+            kwargs["quick"] = args.quick
+            kwargs["progress"] = lambda line: print(line, file=sys.stderr, flush=True)
         results[name] = bench.SUITES[name](**kwargs)
         if args.json != "-":
             fmt = bench.FORMATTERS.get(name)
@@ -78,9 +99,21 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=cliargs.seconds(0.01, 3600), default=0, metavar="S",
                    help="locks suite: seconds per lock per round (default 0.5)")
     p.add_argument("--rounds", type=cliargs.integer(1, 1000), default=0, metavar="N",
-                   help="locks suite: rounds through every lock (default 2)")
+                   help="locks suite: rounds through every lock (default 2); programs suite: "
+                        "runs of every configuration, alternating (default 3)")
     p.add_argument("--hold-ns", type=cliargs.integer(0, 10**9), default=0, metavar="NS",
                    help="locks suite: critical-section length (default 0)")
+    p.add_argument("--programs", type=_name_list(bench_programs.PROGRAMS), default=None,
+                   metavar="P,P,..", help="programs suite: programs to run (default: "
+                   f"{','.join(bench_programs.PROGRAMS)})")
+    p.add_argument("--configs", type=_name_list(bench_programs.CONFIGS), default=None,
+                   metavar="C,C,..", help="programs suite: configurations (default: "
+                   f"{','.join(bench_programs.CONFIGS)})")
+    p.add_argument("--regimes", type=_name_list(bench_programs.REGIMES), default=None,
+                   metavar="R,R,..", help="programs suite: regimes (default: "
+                   f"{','.join(bench_programs.REGIMES)})")
+    p.add_argument("--quick", action="store_true",
+                   help="programs suite: one round, smaller work (about a minute)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="F",
                    type=lambda t: t if t == "-" else cliargs.output_file()(t),
                    help="every result as one JSON object, on stdout or into file F")
