@@ -71,7 +71,7 @@ CHECK = textwrap.dedent(r"""
     inc = pvpatch_build.get_include()
     out = {"include": inc, "build_imported_pvpatch": "pvpatch" in sys.modules}
     import pvexample, pvpatch
-    from pvpatch.cmd_sites import site_rows
+    from pvpatch.cli.sites import site_rows
     out["pvpatch_file"] = pvpatch.__file__
     out["boot_tag"] = [pvexample.boot_tag()]
     res = {}

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from pvpatch.cli import build_parser
-from pvpatch.cmd_hostd import settings
+from pvpatch.cli.hostd import settings
 from pvpatch.errors import PvpatchError
 from pvpatch.hints.publisher import Decider, Thresholds
 

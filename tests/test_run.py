@@ -213,3 +213,18 @@ def test_library_is_python_free():
     exported = {s for s in syms if s.startswith(("pthread_", "pvp", "pvrt", "pvlock", "pvagent",
                                                  "__start", "__stop"))}
     assert exported and all(s.startswith("pthread_") for s in exported), exported
+
+
+def test_the_readme_line_runs_sort_plain_and_under_pvpatch_run(tmp_path):
+    """The README's unmodified-program line, as written (only the installed command's path
+    differs): GNU sort's parallel merge gives the same output plain and under `pvpatch run`,
+    and the preload's statistics say its locks ran on pvpatch's lock."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("seq ") and "pvpatch run" in ln)
+    cmd = line.replace(".venv/bin/pvpatch", f"{sys.executable} -m pvpatch.cli")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    sums = p.stdout.split()
+    assert len(sums) == 4 and sums[0] == sums[2], p.stdout  # "<md5> -" twice
+    assert "acquisitions" in p.stderr and "pvpatch: sort" in p.stderr, p.stderr

@@ -47,7 +47,7 @@ CHILD = textwrap.dedent(r"""
     import demo
     if mode != "unregistered":
         import pvpatch
-        from pvpatch.cmd_sites import site_rows
+        from pvpatch.cli.sites import site_rows
         pvpatch.register_module(demo)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -1,9 +1,11 @@
-"""The `pvpatch` command.
+"""The `pvpatch` command: the command faces of the domain modules, one module per command in
+this package (the domain modules beside it -- patcher, locks, torture, hints, bench, run -- know
+nothing of argparse).
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``: it adds its parser
 and sets ``func`` (called with the parsed arguments; returns the exit status).  Add a module to
 COMMANDS to add a command.  Every number and path an option takes is converted and checked by
-the types in ``cliargs``, before anything runs.
+the types in ``pvpatch.cli.args``, before anything runs.
 
 Exit status, and what is printed on stderr (always one line, never a traceback, for anything a
 user can get wrong):
@@ -26,18 +28,18 @@ import os
 import signal
 import sys
 
-from .errors import PvpatchError, SyscallError
-from .extras import MissingExtra
+from ..errors import PvpatchError, SyscallError
+from ..extras import MissingExtra
 
 COMMANDS = (
-    "pvpatch.cmd_demo",
-    "pvpatch.cmd_sites",
-    "pvpatch.cmd_selftest",
-    "pvpatch.cmd_bench",
-    "pvpatch.cmd_hostd",
-    "pvpatch.cmd_hints",
-    "pvpatch.cmd_torture",
-    "pvpatch.run",
+    "pvpatch.cli.demo",
+    "pvpatch.cli.sites",
+    "pvpatch.cli.selftest",
+    "pvpatch.cli.bench",
+    "pvpatch.cli.hostd",
+    "pvpatch.cli.hints",
+    "pvpatch.cli.torture",
+    "pvpatch.cli.run",
 )
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
@@ -49,7 +51,7 @@ def _version() -> str:
         from importlib.metadata import version
         return version("pvpatch")
     except Exception:  # running from a source tree that was never installed
-        from . import __version__
+        from .. import __version__
         return __version__
 
 
@@ -142,6 +144,3 @@ def main(argv: list[str] | None = None) -> int:
         raise  # a bug: keep the traceback
     return EXIT_FAILURE  # not reached: fail() exits
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import time
 
-from . import cliargs
-from .errors import PvpatchError
-from .hints import abi
-from .hints.reader import HintReader, HintState
+from . import args as cliargs
+from ..errors import PvpatchError
+from ..hints import abi
+from ..hints.reader import HintReader, HintState
 
 
 def describe(st: HintState) -> str:

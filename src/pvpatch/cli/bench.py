@@ -5,11 +5,13 @@ import argparse
 import json
 import sys
 
-from . import bench, cliargs
-from . import bench_call  # noqa: F401  (registers the `call` suite)
-from . import bench_locks  # noqa: F401  (registers the `locks` suite)
-from . import bench_programs  # noqa: F401  (registers the `programs` suite)
-from .errors import PvpatchError
+from .. import bench
+
+from . import args as cliargs
+from .. import bench_call  # noqa: F401  (registers the `call` suite)
+from .. import bench_locks  # noqa: F401  (registers the `locks` suite)
+from .. import bench_programs  # noqa: F401  (registers the `programs` suite)
+from ..errors import PvpatchError
 
 
 JSON_SCHEMA = 1  # --json; bumped when a field changes meaning

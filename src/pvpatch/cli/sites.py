@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import json
 
-from . import cliargs, elfsites, patcher
-from .descriptor import SITE_RECORD_SIZE
+from .. import elfsites, patcher
+
+from . import args as cliargs
+from ..descriptor import SITE_RECORD_SIZE
 
 
 PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit
@@ -34,8 +36,8 @@ def import_modules(names: list[str]) -> None:
     """Import each module; one that exports __pvpatch__ and is not registered yet is
     registered (a package that registers its extension on import needs nothing more)."""
     import pvpatch
-    from .descriptor import capsule_address
-    from .errors import PvpatchError
+    from ..descriptor import capsule_address
+    from ..errors import PvpatchError
 
     for name in names:
         try:
@@ -70,7 +72,7 @@ def footprint() -> dict:
 
 def run(args) -> int:
     if args.pid is not None and (args.imports or args.footprint):
-        from .errors import PvpatchError
+        from ..errors import PvpatchError
         raise PvpatchError("--pid reads another process: it takes neither --import nor "
                            "--footprint")
     if args.imports:
@@ -92,12 +94,12 @@ def run(args) -> int:
             print(f"{mod}: {n} bytes of boot-only records dropped after registration")
         return 0
     if args.pid is not None:
-        from .remote import site_rows as remote_rows
+        from ..remote import site_rows as remote_rows
         rows = remote_rows(args.pid)
     else:
         rows = site_rows()
     if args.disasm:
-        from .disasm import text
+        from ..disasm import text
         for r in rows:
             try:
                 r["disasm"] = text(bytes.fromhex(r["bytes"]), r["address"])

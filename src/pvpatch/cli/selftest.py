@@ -5,7 +5,9 @@ import json
 import os
 import sys
 
-from . import cliargs, selftest
+from .. import selftest
+
+from . import args as cliargs
 
 
 JSON_SCHEMA = 1  # --json; bumped when a field changes meaning

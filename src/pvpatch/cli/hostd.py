@@ -15,11 +15,11 @@ import argparse
 import math
 import signal
 
-from . import cliargs
-from .errors import PvpatchError
-from .hints import abi
-from .hints.metrics import DEFAULT_ADDR
-from .hints.publisher import Hostd, Thresholds, parse_timeline
+from . import args as cliargs
+from ..errors import PvpatchError
+from ..hints import abi
+from ..hints.metrics import DEFAULT_ADDR
+from ..hints.publisher import Hostd, Thresholds, parse_timeline
 
 
 def _fmt_measurements(page: abi.HintPage) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import threading
 
-from . import cliargs, extras, torture
+from .. import extras, torture
+
+from . import args as cliargs
 
 
 def _printer():

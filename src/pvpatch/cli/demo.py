@@ -1,7 +1,7 @@
 """`pvpatch demo`."""
 from __future__ import annotations
 
-from . import demo
+from .. import demo
 
 
 def register(sub) -> None:
