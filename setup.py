@@ -45,34 +45,15 @@ CORE_HEADERS = sorted(glob.glob("src/pvpatch/_core/*.h") + glob.glob("src/pvpatc
 
 # libpvpatch-preload.so (docs/run.md): the preload library, plain C, never linked with
 # libpython.  Its own files, the lock algorithms, and the Python-free runtime it registers and
-# switches its sites with, as far as the tree has it (see preload_config()).
+# switches its sites with (see preload_config()).
 PRELOAD_SOURCES = sorted(glob.glob("src/pvpatch/preload/*.c")) + ["src/pvpatch/_core/locks.c"]
 PRELOAD_NAME = "libpvpatch-preload.so"
 
 
-def _declares(header: str, name: str) -> bool:
-    try:
-        with open(header) as f:
-            return name in f.read()
-    except OSError:
-        return False
-
-
 def preload_config():
-    """(sources, macros): the runtime pieces the preload library builds with.  Each is used once
-    its header declares the contract's entry point (rt: pvrt_register, locks: pvlock_transition,
-    agent: pvagent_start); without one, the library builds and says at load what it lacks."""
-    core = "src/pvpatch/_core"
-    sources, macros = list(PRELOAD_SOURCES), []
-    if _declares(f"{core}/rt.h", "pvrt_register"):
-        macros.append(("PL_HAVE_RT", "1"))
-        sources += RT_SOURCES
-    if _declares(f"{core}/locks.h", "pvlock_transition"):
-        macros.append(("PL_HAVE_TRANSITION", "1"))
-    if _declares(f"{core}/agent.h", "pvagent_start"):
-        macros.append(("PL_HAVE_AGENT", "1"))
-        sources.append(f"{core}/agent.c")
-    return sources, macros
+    """(sources, macros): the preload library's files, the lock algorithms, and the whole
+    Python-free runtime (mechanism, planner, agent) it registers and switches its sites with."""
+    return PRELOAD_SOURCES + RT_SOURCES + ["src/pvpatch/_core/agent.c"], []
 
 
 class checked_build_ext(build_ext):

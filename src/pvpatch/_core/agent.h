@@ -22,21 +22,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-/* The runtime's error record (the C runtime contract): the same definition as rt.h's, under
- * the same guard, so that this header builds alone (tests/c/agent_test.c) and every file that
- * passes one to the runtime agrees on its layout.  Keep the two identical. */
-#ifndef PVRT_ERROR_DEFINED
-#define PVRT_ERROR_DEFINED
-struct pvrt_error {
-    int err;
-    char syscall[32];
-    char msg[480];
-    /* Added to the contract: the call's whole name when it does not fit in syscall[] (the
-     * writer names its calls at length, "pwrite (/proc/self/mem)"); static storage, or NULL. */
-    const char *syscall_long;
-    long long bad_addr; /* added: a refused batch's site address, or -1 */
-};
-#endif
+#include "rt_error.h" /* struct pvrt_error */
 
 /* ---- the page (ABI version 1) ---------------------------------------------------------- */
 

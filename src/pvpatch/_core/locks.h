@@ -21,21 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The runtime's error record (rt.h).  Defined here too while this header must build alone (the
- * C stress harness compiles locks.c by itself); both definitions are the same. */
-#if defined(__has_include)
-#if __has_include("rt.h")
-#include "rt.h"
-#define PVLOCK_HAVE_RT_H 1
-#endif
-#endif
-#ifndef PVLOCK_HAVE_RT_H
-struct pvrt_error {
-    int err;
-    char syscall[32];
-    char msg[480];
-};
-#endif
+#include "rt_error.h" /* struct pvrt_error: one definition for the whole runtime */
 
 typedef union pvp_lock {
     uint32_t val;

@@ -99,9 +99,34 @@ static double now_ns(void)
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+void pvrt_block_async_signals(sigset_t *old)
+{
+    sigset_t all;
+    sigfillset(&all);
+    sigdelset(&all, SIGTRAP);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGILL);
+    sigdelset(&all, SIGFPE);
+    pthread_sigmask(SIG_BLOCK, &all, old);
+}
+
 static char *xstrdup(const char *s)
 {
     return s ? strdup(s) : strdup("");
+}
+
+/* A group's variants, native variant and record, from a declaration (its old variants freed
+ * by the caller). */
+static void group_take_declaration(struct rt_group *g, const char *const *variants, unsigned nv,
+                                   unsigned native)
+{
+    g->variants = calloc(nv, sizeof(char *));
+    for (unsigned i = 0; i < nv; i++)
+        g->variants[i] = xstrdup(variants[i]);
+    g->nv = nv;
+    g->native = native;
+    g->record = (int)native;
 }
 
 static struct rt_group *group_find(const char *name)
@@ -204,12 +229,7 @@ int pvrt_group_declare(const char *name, const char *const *variants, unsigned n
             for (unsigned i = 0; i < g->nv; i++)
                 free(g->variants[i]);
             free(g->variants);
-            g->variants = calloc(nv, sizeof(char *));
-            for (unsigned i = 0; i < nv; i++)
-                g->variants[i] = xstrdup(variants[i]);
-            g->nv = nv;
-            g->native = native;
-            g->record = (int)native;
+            group_take_declaration(g, variants, nv, native);
         }
     } else {
         if (ngroups == MAX_GROUPS) {
@@ -219,12 +239,7 @@ int pvrt_group_declare(const char *name, const char *const *variants, unsigned n
         g = &groups[ngroups];
         memset(g, 0, sizeof(*g));
         g->name = xstrdup(name);
-        g->variants = calloc(nv, sizeof(char *));
-        for (unsigned i = 0; i < nv; i++)
-            g->variants[i] = xstrdup(variants[i]);
-        g->nv = nv;
-        g->native = native;
-        g->record = (int)native;
+        group_take_declaration(g, variants, nv, native);
         ngroups++;
     }
     for (unsigned i = 0; i < nops; i++) {

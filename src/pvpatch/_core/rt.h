@@ -22,19 +22,12 @@
 
 #include "pvpatch.h"
 
-/* agent.h carries the same definition under the same guard (it builds without this header). */
-#ifndef PVRT_ERROR_DEFINED
-#define PVRT_ERROR_DEFINED
-struct pvrt_error {
-    int err;
-    char syscall[32];
-    char msg[480];
-    /* Added to the contract: the call's whole name when it does not fit in syscall[] (the
-     * writer names its calls at length, "pwrite (/proc/self/mem)"); static storage, or NULL. */
-    const char *syscall_long;
-    long long bad_addr; /* added: a refused batch's site address, or -1 */
-};
-#endif
+#include "rt_error.h" /* struct pvrt_error */
+
+/* Block every asynchronous signal in the calling thread (old mask into *old if not NULL), for
+ * the runtime's and its consumers' own threads: signals stay with the program's threads.
+ * SIGTRAP (the patcher's) and the synchronous SIGSEGV, SIGBUS, SIGILL, SIGFPE stay open. */
+void pvrt_block_async_signals(sigset_t *old);
 
 /* Fill e (if not NULL): errno-style failure of `syscall`, or (err == 0) a refusal.  Return -1. */
 int pvrt_fail(struct pvrt_error *e, int err, const char *syscall, const char *fmt, ...)

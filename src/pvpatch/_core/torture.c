@@ -454,14 +454,8 @@ static PyObject *py_torture_start(PyObject *self, PyObject *args)
     }
 
     /* Writers inherit this mask: asynchronous signals stay with Python's main thread. */
-    sigset_t all, old;
-    sigfillset(&all);
-    sigdelset(&all, SIGTRAP);
-    sigdelset(&all, SIGSEGV);
-    sigdelset(&all, SIGBUS);
-    sigdelset(&all, SIGILL);
-    sigdelset(&all, SIGFPE);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
+    sigset_t old;
+    pvrt_block_async_signals(&old);
     for (int i = 0; i < n && err == 0; i++) {
         t->w[i].t = t;
         t->w[i].id = i;

@@ -31,6 +31,7 @@ from .metrics import (DEFAULT_ADDR, GuestMetrics, MetricsError, MetricsServer, c
                       check_textfile)
 from .policy import DEFAULT_GROUPS, Decision, Policy, PolicyError
 from .reader import HintState
+from .subscriber import warn_usability
 from .supervise import ErrorEvent, Errors
 from .worker import SwitchEvent
 
@@ -141,15 +142,9 @@ class _Agent:
     def _observe(self, status, problem, page, seen_ns, cause_ns) -> None:
         try:
             st = self._state(status, problem, page, seen_ns, cause_ns)
-            if not st.usable and not self._warned:
-                log.warning("hint page %s: %s; using the safe default (no hints)", self.path,
-                            st.problem)
-                self._warned = True
-                self.warnings += 1
-            elif st.usable and self._warned:
-                log.warning("hint page %s: usable again (publisher pid %d, generation %d)",
-                            self.path, st.page.publisher_pid, st.page.generation)
-                self._warned = False
+            warned = warn_usability(self.path, st, self._warned)
+            self.warnings += warned and not self._warned
+            self._warned = warned
             self.last = st
             self.observations += 1
             if self.metrics is not None:

@@ -20,6 +20,19 @@ from .supervise import Errors, Supervised
 log = logging.getLogger("pvpatch.hints")
 
 
+
+def warn_usability(path: str, st: HintState, warned: bool) -> bool:
+    """Log, once per change, that the page at `path` stopped or started being usable; returns
+    whether a "not usable" warning now stands (pass it back in next time)."""
+    if not st.usable and not warned:
+        log.warning("hint page %s: %s; using the safe default (no hints)", path, st.problem)
+        return True
+    if st.usable and warned:
+        log.warning("hint page %s: usable again (publisher pid %d, generation %d)", path,
+                    st.page.publisher_pid, st.page.generation)
+        return False
+    return warned
+
 class Notifier(Supervised):
     """Runs `callback(HintState)` on a thread for every observation of the page at `path`.
 
@@ -65,16 +78,9 @@ class Notifier(Supervised):
                 pass
 
     def _report(self, st: HintState) -> None:
-        if not st.usable and not self._warned:
-            log.warning("hint page %s: %s; using the safe default (no hints)", self.path,
-                        st.problem)
-            self._warned = True
-            self.warnings += 1
-        elif st.usable and self._warned:
-            p = st.page
-            log.warning("hint page %s: usable again (publisher pid %d, generation %d)",
-                        self.path, p.publisher_pid, p.generation)
-            self._warned = False
+        warned = warn_usability(self.path, st, self._warned)
+        self.warnings += warned and not self._warned
+        self._warned = warned
         if st.valid:
             # The publication a switch on this observation reacts to: the one that moved the
             # generation - unless hints were not usable before (stale, invalid, untrusted...):

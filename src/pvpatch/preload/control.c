@@ -15,11 +15,7 @@
  * inert: the module is not registered, every lock runs through the sites' build-time
  * rendering, which calls pv's lock and the kicking unlock (sites.c), with the mode word at PV:
  * pv, the safe default, correct everywhere; nothing switches.
- *
- * Which runtime pieces are there is decided at build time (setup.py defines PL_HAVE_RT,
- * PL_HAVE_TRANSITION, PL_HAVE_AGENT when the runtime's headers declare pvrt_register,
- * pvlock_transition and pvagent_start); a mode that needs a missing piece is refused the same
- * way, naming the piece.
+
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,12 +29,8 @@
 
 #include "preload.h"
 
-#ifdef PL_HAVE_RT
 #include "rt.h"
-#endif
-#ifdef PL_HAVE_AGENT
 #include "agent.h"
-#endif
 
 enum { M_AUTO, M_NATIVE, M_PV };
 static const char *const mode_names[] = {"auto", "native", "pv"};
@@ -113,16 +105,13 @@ static struct {
 
 static const char *pl_variant(void)
 {
-#ifdef PL_HAVE_RT
     if (cfg.registered) {
         const char *v = pvrt_current("lock");
         return v ? v : "unknown";
     }
-#endif
     return cfg.inert ? "pv (unregistered)" : "unregistered";
 }
 
-#if defined(PL_HAVE_RT) && defined(PL_HAVE_TRANSITION)
 static int apply_variant(const char *variant, void *arg, struct pvrt_error *e)
 {
     struct pvrt_switch_stats st;
@@ -158,7 +147,6 @@ static int agent_apply(const char *group, const char *variant, void *arg, struct
 {
     return do_switch(variant, e);
 }
-#endif
 
 /* ---- the stress switcher ---------------------------------------------------------------- */
 
@@ -166,19 +154,11 @@ static pthread_t switcher_thread __attribute__((unused));
 static int switcher_running;
 static int switcher_stop;
 
-#if defined(PL_HAVE_RT) && defined(PL_HAVE_TRANSITION)
 static void *switcher(void *arg)
 {
     /* Signals are the program's: leave them to its threads (the synchronous ones cannot be
      * blocked usefully, and SIGTRAP is the patcher's). */
-    sigset_t all;
-    sigfillset(&all);
-    sigdelset(&all, SIGTRAP);
-    sigdelset(&all, SIGSEGV);
-    sigdelset(&all, SIGBUS);
-    sigdelset(&all, SIGILL);
-    sigdelset(&all, SIGFPE);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pvrt_block_async_signals(NULL);
     int pv = cfg.mode == M_PV;
     struct timespec d = {cfg.switch_every_ms / 1000, (cfg.switch_every_ms % 1000) * 1000000L};
     while (!__atomic_load_n(&switcher_stop, __ATOMIC_RELAXED)) {
@@ -195,11 +175,9 @@ static void *switcher(void *arg)
     }
     return NULL;
 }
-#endif
 
 static void start_switcher(void)
 {
-#if defined(PL_HAVE_RT) && defined(PL_HAVE_TRANSITION)
     __atomic_store_n(&switcher_stop, 0, __ATOMIC_RELAXED);
     pthread_attr_t a;
     pthread_attr_init(&a);
@@ -210,14 +188,12 @@ static void start_switcher(void)
         say("PVPATCH_SWITCH_EVERY_MS: pthread_create failed: %s", strerror(r));
     else
         switcher_running = 1;
-#endif
 }
 
 /* ---- the agent (auto) ------------------------------------------------------------------- */
 
-static __attribute__((unused)) int start_agent(void)
+static int start_agent(void)
 {
-#if defined(PL_HAVE_RT) && defined(PL_HAVE_TRANSITION) && defined(PL_HAVE_AGENT)
     struct pvagent_config c = {
         .hints_path = cfg.hints_path,
         /* pvpatch.auto()'s defaults (hints/guest.py) */
@@ -239,9 +215,6 @@ static __attribute__((unused)) int start_agent(void)
         return -1;
     }
     return 0;
-#else
-    return -1;
-#endif
 }
 
 /* ---- fork ------------------------------------------------------------------------------- */
@@ -250,9 +223,9 @@ static __attribute__((unused)) int start_agent(void)
  * sites agree (the patcher's own fork handlers cover its batch). */
 static int agent_running;
 
-static __attribute__((unused)) void fork_prepare(void) { pl_real()->mutex_lock(&sw.lock); }
-static __attribute__((unused)) void fork_parent(void) { pl_real()->mutex_unlock(&sw.lock); }
-static __attribute__((unused)) void fork_child(void)
+static void fork_prepare(void) { pl_real()->mutex_lock(&sw.lock); }
+static void fork_parent(void) { pl_real()->mutex_unlock(&sw.lock); }
+static void fork_child(void)
 {
     /* The child has only the forking thread: glibc's mutex, taken in prepare by this very
      * thread, is reinitialised rather than unlocked; the switcher is restarted. */
@@ -262,12 +235,10 @@ static __attribute__((unused)) void fork_child(void)
         switcher_running = 0;
         start_switcher();
     }
-#ifdef PL_HAVE_AGENT
     /* The parent's agent thread is not in the child: forget it, start the child's own. */
     pvagent_atfork_child();
     if (agent_running && start_agent() != 0)
         agent_running = 0;
-#endif
 }
 
 /* ---- statistics at exit ----------------------------------------------------------------- */
@@ -340,7 +311,6 @@ static void write_json(const struct summary *s)
             (unsigned long long)s->switches, (unsigned long long)s->failed,
             (unsigned long long)s->n_samples, (unsigned long long)s->p50,
             (unsigned long long)s->p99, (unsigned long long)s->max);
-#ifdef PL_HAVE_AGENT
     struct pvagent_switch as[256];
     size_t na = pvagent_switches(as, 256);
     fprintf(f, ",\n    \"agent\": [");
@@ -350,7 +320,6 @@ static void write_json(const struct summary *s)
                 i ? ", " : "", as[i].from, as[i].to, as[i].ok ? "true" : "false",
                 as[i].t_publish, as[i].t_done);
     fprintf(f, "]");
-#endif
     fprintf(f, "},\n  \"inert\": %s,\n  \"why_inert\": \"", cfg.inert ? "true" : "false");
     for (const char *p = cfg.why; *p; p++)
         fprintf(f, (*p == '"' || *p == '\\') ? "\\%c" : ((unsigned char)*p < 0x20 ? "?" : "%c"),
@@ -459,11 +428,6 @@ __attribute__((constructor)) static void pl_load(void)
     atexit(at_exit);
     if (parse_env() != 0)
         return;
-#ifndef PL_HAVE_RT
-    go_inert("this build has no Python-free runtime (pvrt_register), so the sites stay at their "
-             "build-time rendering");
-    return;
-#else
     struct pvrt_error e = {0};
     if (pvrt_init(&e) != 0 || pvrt_register(&pvpatch_module, &e) != 0) {
         go_inert("registering the lock sites failed: %s%s%s%s", e.msg, e.err ? " (" : "",
@@ -475,10 +439,6 @@ __attribute__((constructor)) static void pl_load(void)
      * in the reverse order of registration, so ours (the transition lock) is taken first, in
      * the same order as a transition takes them (transition lock, then a batch). */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
-#ifndef PL_HAVE_TRANSITION
-    go_inert("this build has no lock transition (pvlock_transition)");
-    return;
-#else
     if (cfg.mode != M_AUTO) {
         if (do_switch(mode_names[cfg.mode], &e) != 0) {
             go_inert("PVPATCH_MODE=%s: %s", mode_names[cfg.mode], sw.last_error);
@@ -488,13 +448,6 @@ __attribute__((constructor)) static void pl_load(void)
     if (cfg.switch_every_ms > 0)
         start_switcher();
     else if (cfg.mode == M_AUTO && (agent_running = start_agent() == 0) == 0) {
-#ifndef PL_HAVE_AGENT
-        go_inert("PVPATCH_MODE=auto: this build has no agent (pvagent_start); use "
-                 "PVPATCH_MODE=native or pv");
-#else
         cfg.inert = 1;
-#endif
     }
-#endif
-#endif
 }
