@@ -249,7 +249,12 @@ int pvagent_snapshot(int fd, void *buf, size_t length, char *field, size_t fn, c
     if (magic != PVAGENT_MAGIC)
         return bad(field, fn, "magic", problem, pn, "0x%08x, expected 0x%08x ('PVHT')", magic,
                    PVAGENT_MAGIC);
-    for (int tries = 1; tries <= PVAGENT_SNAPSHOT_TRIES; tries++) {
+    /* Bounded by time, not by tries: a publisher preempted mid-write holds the seqcount odd
+     * for a whole time slice, longer than any number of quick retries takes. */
+    uint64_t give_up = pvagent_now_ns() + PVAGENT_SNAPSHOT_WAIT_NS;
+    struct timespec nap = {0, 10000}; /* 10 us, doubling to 1 ms */
+    int tries;
+    for (tries = 1;; tries++) {
         /* R1. s1; odd: a write is in progress.  Each pread is a system call into the page
          * cache the publisher's pwrites go to, so R1 -> R2 -> R3 stay in order (x86-64 TSO;
          * partner: the publisher's steps 1 and 4, shm.publish). */
@@ -273,13 +278,23 @@ int pvagent_snapshot(int fd, void *buf, size_t length, char *field, size_t fn, c
             if (s1 == s2)
                 return tries;
         }
-        if (tries > 10)
-            sched_yield(); /* the writer may be preempted mid-write: let it run */
+        if (tries < 10)
+            continue;
+        if (pvagent_now_ns() >= give_up)
+            break;
+        /* The writer may be preempted mid-write: let it run, on this CPU or another. */
+        if (tries < 20) {
+            sched_yield();
+        } else {
+            nanosleep(&nap, NULL);
+            if (nap.tv_nsec < 1000000)
+                nap.tv_nsec *= 2;
+        }
     }
     return bad(field, fn, "seqcount", problem, pn,
-               "no consistent snapshot in %d tries (a publisher died mid-write, or the page is "
-               "forged)",
-               PVAGENT_SNAPSHOT_TRIES);
+               "no consistent snapshot in %d tries over %llu ms (a publisher died mid-write, or "
+               "the page is forged)",
+               tries, (unsigned long long)(PVAGENT_SNAPSHOT_WAIT_NS / 1000000));
 }
 
 /* ==== the reader ========================================================================== */

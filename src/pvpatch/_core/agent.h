@@ -45,7 +45,7 @@
 #define PVAGENT_FUTURE_SLACK_NS 1000000000ull
 #define PVAGENT_STALE_MIN_NS 1000000000ull
 #define PVAGENT_STALE_INTERVALS 3
-#define PVAGENT_SNAPSHOT_TRIES 1000
+#define PVAGENT_SNAPSHOT_WAIT_NS (20ull * 1000000ull) /* then the page is invalid */
 
 /* Field for field the layout of docs/hints.md (abi.LAYOUT); asserted in agent.c. */
 struct pvagent_page {
@@ -74,8 +74,8 @@ int pvagent_trust_problem(const struct stat *st, const uint32_t *trusted, size_t
 
 /* Seqcount read (R1-R3): a consistent copy of the first `length` bytes of the page open at fd,
  * with pread only (a page truncated under a mapping would raise SIGBUS).  Returns the number of
- * tries (>= 1), or -1 with field/problem (a short file, no PVHT magic, no consistent copy in
- * PVAGENT_SNAPSHOT_TRIES), or -2 with errno set (pread failed). */
+ * tries (>= 1), or -1 with field/problem (a short file, no PVHT magic, no consistent copy within
+ * PVAGENT_SNAPSHOT_WAIT_NS), or -2 with errno set (pread failed). */
 int pvagent_snapshot(int fd, void *buf, size_t length, char *field, size_t fn, char *problem,
                      size_t pn);
 

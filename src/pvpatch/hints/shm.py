@@ -35,10 +35,10 @@ SYS_futex = 202  # x86-64
 FUTEX_WAIT, FUTEX_WAKE = 0, 1  # shared futexes: no FUTEX_PRIVATE_FLAG, readers are other processes
 INT_MAX = 2**31 - 1
 
-# A reader retries a torn snapshot; a publisher holds the seqcount odd for microseconds, so this
-# many attempts (with a yield after the first few) only run out if the page is broken or a
-# publisher died mid-write, which the caller then reports as an invalid page.
-SNAPSHOT_TRIES = 1000
+# A reader retries a torn snapshot for up to 20 ms (PVAGENT_SNAPSHOT_WAIT_NS, _core/agent.h):
+# a publisher holds the seqcount odd for microseconds, or for a time slice when it is preempted
+# mid-write; only a broken page or a publisher that died mid-write outlasts that, and the caller
+# then reports an invalid page.
 
 
 def _oserror(syscall: str) -> SyscallError:
@@ -96,7 +96,7 @@ def snapshot(fd: int, length: int) -> tuple[bytes, int]:
     access.)  Each pread is a separate system call, which keeps s1, the copy and s2 in order.
 
     Raises HintPageError when the file is too short or no consistent copy came within
-    SNAPSHOT_TRIES."""
+    20 ms."""
     from .. import _core
     ok, a, b = _core.hint_snapshot(fd, length)  # agent.c: pvagent_snapshot, R1-R3 above
     if not ok:
